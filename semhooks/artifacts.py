@@ -1,0 +1,150 @@
+"""Provenance and atomic artifact I/O: safetensors for tensors, JSON for metadata.
+
+Every learned artifact in semhooks (LayerStates, LREs, concepts, probes, adapters) is one
+safetensors file whose header carries a JSON document under the key ``"semhooks"``: the
+artifact kind, its format version, the provenance of the model that produced it and any
+hyper-parameters. Writes go to a temporary file in the same folder, are flushed to disk and
+then renamed over the target, so a crash half way through a save leaves the previous file
+intact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save
+
+FORMAT_VERSION = 1
+_META_KEY = "semhooks"
+
+
+class ArtifactError(ValueError):
+    """A file is not a readable semhooks artifact, or does not fit the model at hand."""
+
+
+def semhooks_version() -> str:
+    from semhooks import __version__
+
+    return __version__
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only on success."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp_path, target)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default))
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist()
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"cannot serialise {type(obj).__name__} to JSON")
+
+
+def save_artifact(
+    path: str | os.PathLike[str],
+    kind: str,
+    tensors: dict[str, torch.Tensor],
+    metadata: dict[str, Any],
+) -> Path:
+    """Write ``tensors`` and a JSON ``metadata`` document as one safetensors file, atomically."""
+    header = {
+        "kind": kind,
+        "format_version": FORMAT_VERSION,
+        "semhooks_version": semhooks_version(),
+        "saved_at": now_iso(),
+        **metadata,
+    }
+    blob = save(
+        {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()},
+        metadata={_META_KEY: json.dumps(header, default=_json_default)},
+    )
+    atomic_write_bytes(path, blob)
+    return Path(path)
+
+
+def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The JSON document stored in a semhooks artifact, without loading its tensors."""
+    p = Path(path)
+    if not p.is_file():
+        raise ArtifactError(f"no artifact at {p}")
+    try:
+        with open(p, "rb") as fh:
+            n = int.from_bytes(fh.read(8), "little")
+            if n <= 0 or n > p.stat().st_size - 8:
+                raise ArtifactError(f"{p} is truncated or not a safetensors file")
+            header = json.loads(fh.read(n))
+        return json.loads(header["__metadata__"][_META_KEY])
+    except (KeyError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{p} is not a semhooks artifact (unreadable header: {exc})") from exc
+
+
+def load_artifact(
+    path: str | os.PathLike[str], kind: str
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read an artifact written by :func:`save_artifact`, checking its kind and version."""
+    meta = read_metadata(path)
+    if meta.get("kind") != kind:
+        raise ArtifactError(f"{path} holds a {meta.get('kind')!r}, expected a {kind!r}")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ArtifactError(
+            f"{path} has format version {meta.get('format_version')}, this semhooks reads "
+            f"version {FORMAT_VERSION}; re-create the artifact"
+        )
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ArtifactError(f"{path} is corrupted: {exc}") from exc
+    return tensors, meta
+
+
+def check_compatible(meta: dict[str, Any], provenance: dict[str, Any], what: str) -> None:
+    """Refuse an artifact whose width or hook layout differs from the model's."""
+    stored = meta.get("provenance", {})
+    for key in ("d_model", "n_layers", "hook_layout"):
+        if key in stored and key in provenance and stored[key] != provenance[key]:
+            raise ArtifactError(
+                f"{what} was made on {stored.get('model')!r} with {key}={stored[key]!r}, but "
+                f"this model ({provenance.get('model')!r}) has {key}={provenance[key]!r}"
+            )

