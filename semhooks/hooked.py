@@ -1,0 +1,385 @@
+"""Build a TransformerLens 3.x ``HookedTransformer`` from a Hugging Face Llama model in hand.
+
+semhooks' primary backend is TransformerLens 4.x ``TransformerBridge``. TransformerLens 3.x
+ships ``HookedTransformer`` (removed in 4.x), whose ``from_pretrained`` only accepts model
+names from its own registry and re-loads tokenizers by name. This module builds one from an
+already-loaded Hugging Face model and tokenizer, offline, for any Llama-architecture model
+(Llama 2/3, SmolLM, TinyLlama, ...): a hand-built ``HookedTransformerConfig`` read off
+``hf_model.config``, TransformerLens' own Llama weight conversion
+(``transformer_lens.pretrained.weight_conversions.convert_llama_weights``), and
+``HookedTransformer.load_and_process_state_dict``.
+
+No weight processing by default
+-------------------------------
+``HookedTransformer.from_pretrained`` folds the RMSNorm gains into the next linear layers,
+centres the writing weights and centres the unembedding (``center_unembed`` subtracts the
+mean over the vocabulary from every column of ``W_U``). Those keep log-probabilities but
+change the residual stream (``fold_ln``/``center_writing_weights``) and ``W_U`` itself, so
+every pseudo-inverse, vocabulary basis and logit-lens reading in semhooks would differ from
+the Hugging Face model's. :func:`hooked_transformer_from_hf` therefore applies **no**
+processing by default: ``blocks.{l}.hook_resid_post`` equals Hugging Face's
+``hidden_states[l + 1]`` (up to float rounding) and ``unembed.W_U`` is ``lm_head.weight.T``.
+Turn a flag on only if you want TransformerLens' processed basis, and record it: the returned
+model carries ``_semhooks_processed`` for provenance.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+
+if TYPE_CHECKING:  # pragma: no cover - import only for type checkers
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+__all__ = [
+    "hooked_config_from_hf",
+    "hooked_transformer_available",
+    "hooked_transformer_from_hf",
+    "is_hooked_transformer",
+]
+
+#: Context length used when the caller gives none. HookedTransformer allocates a
+#: ``[n_ctx, n_ctx]`` causal mask per layer and ``[n_ctx, d_head]`` rotary tables, so a
+#: model's full window (8192 for SmolLM2) would cost ~2 GB of masks for no use in analysis.
+DEFAULT_MAX_N_CTX = 2048
+
+_INSTALL_HINT = (
+    "HookedTransformer was removed in TransformerLens 4.x. Install TransformerLens 3.x "
+    "(pip install 'transformer-lens>=3.9,<4', which needs transformers>=5.9), e.g. in a separate "
+    "environment made by scripts/setup_tl3.sh, or use the default TransformerBridge backend "
+    "(semhooks.load_model(..., backend='bridge'))."
+)
+
+
+def _installed_transformer_lens_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("transformer-lens")
+    except Exception:  # pragma: no cover - metadata missing in odd installs
+        return "unknown"
+
+
+def hooked_transformer_available() -> bool:
+    """Whether the installed TransformerLens provides ``HookedTransformer`` (3.x does, 4.x not).
+
+    Imports ``transformer_lens`` (slow the first time) but never raises.
+    """
+    try:
+        from transformer_lens import HookedTransformer  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _import_hooked() -> tuple[Any, Any, Any]:
+    """Return ``(HookedTransformer, HookedTransformerConfig, convert_llama_weights)`` or raise."""
+    try:
+        from transformer_lens import HookedTransformer, HookedTransformerConfig
+    except ImportError as err:
+        raise ImportError(
+            f"transformer_lens {_installed_transformer_lens_version()} has no HookedTransformer. "
+            + _INSTALL_HINT
+        ) from err
+    try:
+        from transformer_lens.pretrained.weight_conversions import convert_llama_weights
+    except ImportError:  # layout of TransformerLens 2.x
+        try:
+            from transformer_lens.pretrained.weight_conversions.llama import (
+                convert_llama_weights,
+            )
+        except ImportError as err:
+            raise ImportError(
+                f"transformer_lens {_installed_transformer_lens_version()} has HookedTransformer "
+                "but no convert_llama_weights; install transformer-lens 3.x (>=3.9,<4)"
+            ) from err
+    return HookedTransformer, HookedTransformerConfig, convert_llama_weights
+
+
+def is_hooked_transformer(model: Any) -> bool:
+    """Whether ``model`` is a TransformerLens ``HookedTransformer`` (or a subclass).
+
+    Decided from the class hierarchy's names and modules, so it never imports
+    ``HookedTransformer`` and works (returning ``False`` for a bridge) under TransformerLens 4.x.
+    """
+    for cls in type(model).__mro__:
+        if cls.__name__ == "HookedTransformer" and cls.__module__.startswith("transformer_lens"):
+            return True
+    return False
+
+
+# --------------------------------------------------------------------------- config
+
+
+def _rope_settings(hf_config: Any) -> dict[str, Any]:
+    """Rotary base and scaling fields for HookedTransformerConfig, from either config layout.
+
+    transformers < 5 keeps ``rope_theta`` and ``rope_scaling`` at the top level; transformers 5
+    moves both into ``rope_parameters`` (``{"rope_type": ..., "rope_theta": ..., ...}``).
+    """
+    params = getattr(hf_config, "rope_parameters", None)
+    params = dict(params) if isinstance(params, dict) else {}
+    scaling = getattr(hf_config, "rope_scaling", None)
+    if isinstance(scaling, dict):
+        params = {**scaling, **params}
+    theta = getattr(hf_config, "rope_theta", None)
+    if theta is None:
+        theta = params.get("rope_theta", 10000.0)
+    out: dict[str, Any] = {"rotary_base": float(theta)}
+    rope_type = str(params.get("rope_type") or params.get("type") or "default").lower()
+    if rope_type == "llama3":
+        out.update(
+            use_NTK_by_parts_rope=True,
+            NTK_original_ctx_len=int(
+                params.get("original_max_position_embeddings", hf_config.max_position_embeddings)
+            ),
+            NTK_by_parts_low_freq_factor=float(params.get("low_freq_factor", 1.0)),
+            NTK_by_parts_high_freq_factor=float(params.get("high_freq_factor", 4.0)),
+            NTK_by_parts_factor=float(params.get("factor", 8.0)),
+        )
+    elif rope_type != "default":
+        raise NotImplementedError(
+            f"rope_type {rope_type!r} in {type(hf_config).__name__} is not supported by "
+            "hooked_transformer_from_hf (only 'default' and 'llama3'); use the TransformerBridge "
+            "backend for this model"
+        )
+    return out
+
+
+def hooked_config_from_hf(
+    hf_config: Any,
+    *,
+    n_ctx: int | None = None,
+    default_prepend_bos: bool = True,
+    fold_ln: bool = False,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    model_name: str | None = None,
+) -> HookedTransformerConfig:
+    """A ``HookedTransformerConfig`` for a Hugging Face ``LlamaConfig`` (no network, no registry).
+
+    Args:
+        hf_config: the Hugging Face model's config (``model_type == "llama"``).
+        n_ctx: context window of the HookedTransformer; default
+            ``min(max_position_embeddings, DEFAULT_MAX_N_CTX)``.
+        default_prepend_bos: TransformerLens' convention (``True``): ``to_tokens`` and string
+            inputs get the tokenizer's BOS prepended.
+        fold_ln: whether the norms will be folded (the config then uses ``"RMSPre"``).
+        device, dtype: where and in which dtype the HookedTransformer's weights live.
+        model_name: ``cfg.model_name``; default the config's ``_name_or_path`` basename.
+
+    Raises:
+        ValueError: the config is not a plain Llama decoder (other ``model_type``, biases,
+            an activation other than SiLU, inconsistent head sizes).
+        NotImplementedError: a rotary scaling type other than default or llama3.
+    """
+    _, HookedTransformerConfig, _ = _import_hooked()
+    c = hf_config
+    model_type = getattr(c, "model_type", None)
+    if model_type != "llama":
+        raise ValueError(
+            f"hooked_transformer_from_hf supports Llama-architecture models only "
+            f"(config.model_type == 'llama'), got model_type={model_type!r}; use the "
+            "TransformerBridge backend for other architectures"
+        )
+    if getattr(c, "attention_bias", False) or getattr(c, "mlp_bias", False):
+        raise ValueError(
+            "this Llama config has attention_bias/mlp_bias=True, which TransformerLens' Llama "
+            "weight conversion drops; use the TransformerBridge backend for this model"
+        )
+    act = str(getattr(c, "hidden_act", "silu"))
+    if act not in ("silu", "swish"):
+        raise ValueError(f"expected hidden_act 'silu' for a Llama model, got {act!r}")
+    n_heads = int(c.num_attention_heads)
+    d_head = int(getattr(c, "head_dim", None) or c.hidden_size // n_heads)
+    n_kv = int(getattr(c, "num_key_value_heads", None) or n_heads)
+    if n_heads % n_kv:
+        raise ValueError(
+            f"num_attention_heads={n_heads} is not a multiple of num_key_value_heads={n_kv}"
+        )
+    max_pos = int(getattr(c, "max_position_embeddings", DEFAULT_MAX_N_CTX))
+    if n_ctx is None:
+        n_ctx = min(max_pos, DEFAULT_MAX_N_CTX)
+    if n_ctx < 1:
+        raise ValueError(f"n_ctx must be positive, got {n_ctx}")
+    name = model_name or str(getattr(c, "_name_or_path", "") or "llama").rstrip("/")
+    name = name.split("/")[-1] or "llama"
+
+    return HookedTransformerConfig(
+        model_name=name,
+        original_architecture="LlamaForCausalLM",
+        n_layers=int(c.num_hidden_layers),
+        d_model=int(c.hidden_size),
+        n_heads=n_heads,
+        d_head=d_head,
+        # TransformerLens uses grouped-query attention iff n_key_value_heads is not None.
+        n_key_value_heads=n_kv if n_kv != n_heads else None,
+        d_mlp=int(c.intermediate_size),
+        d_vocab=int(c.vocab_size),
+        d_vocab_out=int(c.vocab_size),
+        n_ctx=int(n_ctx),
+        eps=float(c.rms_norm_eps),
+        act_fn="silu",
+        gated_mlp=True,
+        normalization_type="RMSPre" if fold_ln else "RMS",
+        final_rms=True,
+        positional_embedding_type="rotary",
+        rotary_dim=d_head,
+        rotary_adjacent_pairs=False,  # HF Llama rotates halves, not adjacent pairs
+        **_rope_settings(c),
+        default_prepend_bos=default_prepend_bos,
+        init_weights=False,
+        device=str(device),
+        dtype=dtype,
+    )
+
+
+# --------------------------------------------------------------------------- model
+
+
+def _attach_tokenizer(
+    model: Any, tokenizer: Any, padding_side: Literal["left", "right"] | None
+) -> None:
+    """Give ``model`` the tokenizer as ``HookedTransformer.set_tokenizer`` would, without reload.
+
+    ``set_tokenizer`` re-creates any tokenizer that does not add BOS itself with
+    ``AutoTokenizer.from_pretrained(tokenizer.name_or_path, add_bos_token=True)``. That fails
+    for tokenizers built in memory (KeyError 'name_or_path'), re-reads or fails for GGUF
+    tokenizers (the ``gguf_file`` is not in ``init_kwargs``), and goes to the Hub for names.
+    Keeping the tokenizer as given is what TransformerLens itself falls back to: when the
+    tokenizer does not prepend BOS, ``to_tokens`` prepends the BOS token's text.
+    The caller's tokenizer is copied (not mutated) if a pad token or padding side must be set.
+    """
+    needs_pad = getattr(tokenizer, "pad_token", None) is None
+    needs_side = padding_side is not None and tokenizer.padding_side != padding_side
+    if needs_pad or needs_side:
+        tokenizer = copy.deepcopy(tokenizer)
+    if needs_side:
+        tokenizer.padding_side = padding_side
+    if tokenizer.padding_side is None:  # pragma: no cover - HF always sets one
+        tokenizer.padding_side = "right"
+    if needs_pad:
+        if tokenizer.eos_token is None:
+            raise ValueError(
+                f"tokenizer {type(tokenizer).__name__} has neither a pad nor an eos token; "
+                "set tokenizer.pad_token before building the HookedTransformer"
+            )
+        tokenizer.pad_token = tokenizer.eos_token
+    model.tokenizer = tokenizer
+    model.cfg.tokenizer_prepends_bos = len(tokenizer.encode("")) > 0
+
+
+def hooked_transformer_from_hf(
+    hf_model: Any,
+    tokenizer: Any,
+    *,
+    fold_ln: bool = False,
+    center_writing_weights: bool = False,
+    center_unembed: bool = False,
+    fold_value_biases: bool = False,
+    default_prepend_bos: bool = True,
+    default_padding_side: Literal["left", "right"] | None = None,
+    n_ctx: int | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> HookedTransformer:
+    """A TransformerLens 3.x ``HookedTransformer`` with the weights of a HF Llama model in hand.
+
+    Nothing is downloaded and no model registry is consulted: the config is read off
+    ``hf_model.config`` (see :func:`hooked_config_from_hf`) and the weights are converted with
+    TransformerLens' ``convert_llama_weights`` (``W_Q: [n_heads, d_model, d_head]``,
+    ``W_U = lm_head.weight.T: [d_model, d_vocab]``; tied embeddings become two copies).
+
+    With the defaults (no processing), for token ids ``x``::
+
+        model(x, return_type="logits")             == hf_model(x).logits
+        cache["blocks.{l}.hook_resid_post"]        == hf_model(x, output_hidden_states=True)
+                                                        .hidden_states[l + 1]  (l < L - 1)
+        cache["blocks.{L-1}.hook_resid_post"]      == the last decoder layer's output, before
+                                                        the final norm (HF's hidden_states[L] is
+                                                        after it)
+
+    up to float32 rounding (see ``tests/test_hooked_backend.py`` for measured differences).
+
+    Args:
+        hf_model: a loaded ``LlamaForCausalLM`` (float weights; dequantized GGUF is fine,
+            bitsandbytes-quantized weights are refused).
+        tokenizer: its Hugging Face tokenizer. Used as given (not re-loaded by name); copied
+            if a pad token (set to eos) or a padding side has to be set.
+        fold_ln, center_writing_weights, center_unembed, fold_value_biases: TransformerLens'
+            weight processing, all off by default so that residual states and ``W_U`` equal
+            Hugging Face's. ``center_unembed`` changes ``W_U`` and logits (not log-probs);
+            ``fold_ln``/``center_writing_weights`` change the residual stream basis.
+        default_prepend_bos: TransformerLens' ``cfg.default_prepend_bos`` (``True``, its
+            convention for both backends): string inputs get BOS prepended.
+        default_padding_side: padding side for ``to_tokens``; default the tokenizer's.
+        n_ctx: context window; default ``min(max_position_embeddings, 2048)``.
+        device, dtype: where and in which dtype the HookedTransformer lives.
+
+    Returns:
+        a ``HookedTransformer`` in eval mode, with ``_semhooks_processed`` (bool) set to
+        whether any weight processing was applied.
+
+    Raises:
+        ImportError: the installed TransformerLens has no ``HookedTransformer`` (4.x).
+        ValueError: not a Llama model, quantized weights, or an unusable tokenizer.
+    """
+    HookedTransformer, _, convert_llama_weights = _import_hooked()
+    config = getattr(hf_model, "config", None)
+    if config is None or not hasattr(hf_model, "lm_head"):
+        raise ValueError(
+            f"hf_model must be a Hugging Face causal LM with .config and .lm_head "
+            f"(e.g. LlamaForCausalLM), got {type(hf_model).__name__}"
+        )
+    non_float = sorted(
+        {str(p.dtype) for p in hf_model.parameters() if not torch.is_floating_point(p)}
+    )
+    if non_float:
+        raise ValueError(
+            f"hf_model has quantized (non-float) weights ({', '.join(non_float)}); load it "
+            "dequantized (e.g. from_pretrained without a bitsandbytes quantization_config)"
+        )
+    cfg = hooked_config_from_hf(
+        config,
+        n_ctx=n_ctx,
+        default_prepend_bos=default_prepend_bos,
+        fold_ln=fold_ln,
+        device=device,
+        dtype=dtype,
+    )
+    q_rows = hf_model.model.layers[0].self_attn.q_proj.weight.shape[0]
+    if q_rows != cfg.n_heads * cfg.d_head:
+        raise ValueError(
+            f"q_proj has {q_rows} output rows but the config says n_heads * head_dim = "
+            f"{cfg.n_heads} * {cfg.d_head}; the config does not describe these weights"
+        )
+
+    with warnings.catch_warnings():
+        # TL 3.x warns on every construction that HookedTransformer is deprecated in favour
+        # of TransformerBridge; a caller of this function has chosen the 3.x backend.
+        warnings.filterwarnings("ignore", message=".*HookedTransformer is deprecated.*")
+        model = HookedTransformer(cfg, tokenizer=None, move_to_device=True)
+    _attach_tokenizer(model, tokenizer, default_padding_side)
+
+    with torch.no_grad():
+        state_dict = convert_llama_weights(hf_model, cfg)
+        # Detached copies in the target dtype/device: load_state_dict copies anyway, and the
+        # HF parameters (and their autograd graph) must not be shared with the new model.
+        state_dict = {
+            k: v.detach().to(device=cfg.device, dtype=cfg.dtype) for k, v in state_dict.items()
+        }
+        model.load_and_process_state_dict(
+            state_dict,
+            fold_ln=fold_ln,
+            center_writing_weights=center_writing_weights,
+            center_unembed=center_unembed,
+            fold_value_biases=fold_value_biases,
+            refactor_factored_attn_matrices=False,
+        )
+    model.eval()
+    processed = fold_ln or center_writing_weights or center_unembed or fold_value_biases
+    object.__setattr__(model, "_semhooks_processed", bool(processed))
+    return model
