@@ -139,6 +139,8 @@ class ModelAdapter:
         if pad is None:
             pad = getattr(self.tokenizer, "eos_token_id", None) or 0
         self.pad_token_id: int = int(pad)
+        # Some bridges keep internal hooks of their own; hygiene checks compare to this.
+        self.baseline_hooks: int = active_hook_count(model)
 
     # ------------------------------------------------------------------ description
     def _model_type(self) -> str:
@@ -397,6 +399,11 @@ def active_hook_count(model: Any) -> int:
         total += len(getattr(hp, "_forward_hooks", {})) + len(getattr(hp, "_backward_hooks", {}))
         total += len(getattr(hp, "fwd_hooks", [])) + len(getattr(hp, "bwd_hooks", []))
     return total
+
+
+def leaked_hooks(model: Any) -> int:
+    """Hooks attached beyond those the model carried when semhooks first saw it."""
+    return active_hook_count(model) - adapt(model).baseline_hooks
 
 
 def adapt(model: Any) -> ModelAdapter:

