@@ -270,6 +270,26 @@ def test_bos_and_padding_conventions() -> None:
 
 
 @needs_hooked
+def test_left_padded_token_ids_need_the_attention_mask() -> None:
+    """Token-id input: HookedTransformer infers a mask only if the tokenizer pads left."""
+    hf, tok = tiny_hf_llama()
+    model = hooked_transformer_from_hf(hf, tok)  # tokenizer pads right
+    texts = ["The cat", "She plays the piano. He plays"]
+    singles = [model(t)[0, -1] for t in texts]
+    left = model.to_tokens(texts, padding_side="left")
+    mask = (torch.cumsum(left != tok.pad_token_id, -1) > 0).long()
+    with torch.no_grad():
+        unmasked = model(left)
+        masked = model(left, attention_mask=mask)
+        hf_masked = hf(left, attention_mask=mask).logits
+    for i, single in enumerate(singles):
+        torch.testing.assert_close(masked[i, -1], single, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(hf_masked[i, -1], single, rtol=1e-4, atol=1e-4)
+    # Without the mask the pads are attended and rotary positions shift: silently wrong.
+    assert (unmasked[0, -1] - singles[0]).abs().max() > 1e-2
+
+
+@needs_hooked
 def test_tokenizer_without_pad_is_copied_not_mutated() -> None:
     hf, _ = tiny_hf_llama()
     tok = tiny_hf_tokenizer(pad=False)
