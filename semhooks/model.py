@@ -112,7 +112,9 @@ class ModelAdapter:
             )
         self.model = model
         cls = type(model).__name__
-        self.backend: str = "hooked" if cls == "HookedTransformer" else "bridge"
+        from semhooks.hooked import is_hooked_transformer
+
+        self.backend: str = "hooked" if is_hooked_transformer(model) else "bridge"
         cfg = model.cfg
         self.n_layers: int = int(cfg.n_layers)
         self.d_model: int = int(cfg.d_model)

@@ -70,3 +70,22 @@ def minilm():
         return load_model("minilm-l6")
     except ModuleNotFoundError as exc:
         pytest.skip(f"MiniLM is not installed: {exc}")
+
+
+@pytest.fixture(scope="session")
+def hooked_llama():
+    """A tiny HookedTransformer (TransformerLens 3.x only; skipped under 4.x)."""
+    from semhooks.hooked import hooked_transformer_available
+    from semhooks.testing import tiny_model
+
+    if not hooked_transformer_available():
+        pytest.skip("HookedTransformer needs TransformerLens 3.x (scripts/setup_tl3.sh)")
+    return tiny_model("llama", backend="hooked")
+
+
+@pytest.fixture(scope="session", params=["bridge", "hooked"])
+def any_backend_llama(request):
+    """The same tiny Llama weights on both backends (hooked skipped under TL 4.x)."""
+    if request.param == "bridge":
+        return request.getfixturevalue("tiny_llama")
+    return request.getfixturevalue("hooked_llama")

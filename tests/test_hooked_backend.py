@@ -26,6 +26,8 @@ from semhooks.hooked import (
     is_hooked_transformer,
 )
 
+pytestmark = pytest.mark.backend
+
 HAVE_HOOKED = hooked_transformer_available()
 needs_hooked = pytest.mark.skipif(
     not HAVE_HOOKED,

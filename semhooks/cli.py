@@ -1,0 +1,89 @@
+"""The ``semhooks`` command.
+
+``semhooks summary``  per-layer summary of a model's states (norms, anisotropy, logit lens).
+Recipes add ``list``, ``run`` and ``show`` (see :mod:`recipes`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+import torch
+
+SUMMARY_TEXTS = [
+    "The capital of France is",
+    "Bat, Rabbit, Ant, Fox,",
+    "I loved this movie; it was wonderful.",
+    "The bank of the river was muddy after the storm.",
+    "She plays the violin in an orchestra.",
+    "Water boils at one hundred degrees.",
+]
+
+
+def layer_summary(model_name: str, texts: Sequence[str] = SUMMARY_TEXTS) -> list[dict[str, object]]:
+    """Per layer: mean last-token norm, mean pairwise cosine, logit-lens top token of text 0."""
+    import semhooks as sh
+
+    model = sh.load_model(model_name)
+    a = sh.adapt(model)
+    states = sh.extract_states(model, list(texts), tokens="last", pool="last", progress=False)
+    rows = []
+    for layer in states.layers:
+        x = states.layer(layer)
+        unit = torch.nn.functional.normalize(x, dim=-1)
+        cos = unit @ unit.T
+        n = len(texts)
+        mean_cos = float((cos.sum() - n) / (n * (n - 1)))
+        row: dict[str, object] = {
+            "layer": layer,
+            "norm": float(x.norm(dim=-1).mean()),
+            "mean_cos": mean_cos,
+        }
+        if not a.is_encoder:
+            with torch.no_grad():
+                top = a.unembed(x[:1]).argmax(-1)
+            row["lens_top"] = a.tokenizer.decode(top)
+        rows.append(row)
+    return rows
+
+
+def _cmd_summary(args: argparse.Namespace) -> int:
+    rows = layer_summary(args.model)
+    print(f"Per-layer summary of {args.model} (last token of {len(SUMMARY_TEXTS)} texts)")
+    print(f"{'layer':>5} {'mean |h|':>10} {'mean cos':>9}  logit lens of {SUMMARY_TEXTS[0]!r}")
+    for r in rows:
+        print(
+            f"{r['layer']:>5} {r['norm']:>10.2f} {r['mean_cos']:>9.3f}  {r.get('lens_top', '')!r}"
+        )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="semhooks", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("summary", help="per-layer summary of a model's states")
+    p.add_argument("--model", default="smollm2-135m")
+    p.set_defaults(func=_cmd_summary)
+    try:
+        from recipes.cli import add_recipe_commands
+    except ImportError:
+        pass
+    else:
+        add_recipe_commands(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
