@@ -1,0 +1,298 @@
+"""Effects of interventions: steering curves against a control, and greedy generation.
+
+:func:`steering_curve` sweeps an intervention's strength ``alpha`` and records, at the last
+token of each prompt, the probability of the target tokens and a logit difference, for
+the intervention and for its control (by default a random direction of equal norm,
+:func:`semhooks.interventions.random_control`). Computing is separate from plotting: the
+result is a :class:`SteeringCurve` with ``.plot()`` and ``.to_dict()``.
+
+:func:`generate` decodes greedily under interventions with a plain loop of full forward
+passes over a left-padded batch (no KV cache), so every step sees the whole sequence and
+position selections such as ``"generated_only"`` (columns from the prompt length on) and
+spans found in the prompt batch are exact at every step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from semhooks.interventions import (
+    Intervention,
+    intervene,
+    placebo,
+    random_control,
+)
+from semhooks.model import adapt
+
+
+# ---------------------------------------------------------------------- generation
+def generate(
+    model: Any,
+    prompts: str | Sequence[str],
+    interventions: Intervention | Sequence[Any] = (),
+    max_new_tokens: int = 20,
+    *,
+    stop_at_eos: bool = True,
+    return_full: bool = False,
+) -> list[str]:
+    """Greedy continuations of ``prompts`` under ``interventions``.
+
+    The prompts are tokenised with left padding (``adapt(model).tokenize(prompts,
+    padding_side="left")``: spans from ``find_span`` on that batch are valid positions) and
+    the loop appends one argmax token per step, running a full forward with the attention
+    mask each time. Interventions see ``prompt_length`` = the padded prompt width, so
+    ``"prompt_only"``/``"generated_only"`` are exact. Returns the generated text (cut at the
+    first end-of-sequence token), or prompt + generation with ``return_full=True``.
+    """
+    adapter = adapt(model)
+    adapter.require_eval()
+    if adapter.is_encoder:
+        raise ValueError(f"{adapter.name} is an encoder; generate() needs a decoder")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    batch = adapter.tokenize(list(prompts), padding_side="left")
+    ids = batch.input_ids.to(adapter.device)
+    mask = batch.attention_mask.to(adapter.device)
+    if ids.shape[1] + max_new_tokens > adapter.n_ctx:
+        raise ValueError(
+            f"prompt ({ids.shape[1]} tokens) + max_new_tokens ({max_new_tokens}) exceeds the "
+            f"context window of {adapter.n_ctx} for {adapter.name}"
+        )
+    prompt_length = ids.shape[1]
+    eos = getattr(adapter.tokenizer, "eos_token_id", None)
+    done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
+    items = [interventions] if isinstance(interventions, Intervention) else list(interventions)
+    with intervene(model, *items, prompt_length=prompt_length), torch.inference_mode():
+        for _ in range(max_new_tokens):
+            logits = model(ids, attention_mask=mask, return_type="logits")
+            nxt = logits[:, -1].argmax(-1)
+            if eos is not None:
+                nxt = torch.where(done, torch.full_like(nxt, eos), nxt)
+                done |= nxt == eos
+            ids = torch.cat([ids, nxt[:, None]], 1)
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+            if stop_at_eos and eos is not None and bool(done.all()):
+                break
+    out = []
+    for row in range(ids.shape[0]):
+        new = ids[row, prompt_length:].tolist()
+        if eos is not None and eos in new:
+            new = new[: new.index(eos)]
+        text = adapter.tokenizer.decode(new, skip_special_tokens=True)
+        out.append(batch.texts[row] + text if return_full else text)
+    return out
+
+
+# ---------------------------------------------------------------------- steering curve
+@dataclass
+class SteeringCurve:
+    """Effect of an intervention on target tokens as its strength varies.
+
+    Per alpha (``[n_alpha]``, means over prompts): ``prob`` = total probability of the
+    target tokens at the last prompt token; ``logit_diff`` = mean target logit minus mean
+    contrast logit (minus the mean logit over the vocabulary when no contrast tokens are
+    given). ``control_*`` are the same under the control intervention. ``baseline_*`` are
+    without any intervention. ``per_prompt_*`` are ``[n_alpha, n_prompts]``.
+    """
+
+    alphas: list[float]
+    prob: list[float]
+    logit_diff: list[float]
+    control_prob: list[float] | None
+    control_logit_diff: list[float] | None
+    baseline_prob: float
+    baseline_logit_diff: float
+    target_tokens: list[str]
+    contrast_tokens: list[str] | None
+    intervention: dict[str, Any]
+    control: dict[str, Any] | None
+    per_prompt_prob: list[list[float]] = field(default_factory=list)
+    per_prompt_control_prob: list[list[float]] | None = None
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-serialisable data."""
+        return asdict(self)
+
+    def effect(self, what: str = "prob") -> tuple[float, float | None]:
+        """Largest absolute change from baseline over alphas: (intervention, control)."""
+        base = self.baseline_prob if what == "prob" else self.baseline_logit_diff
+        main = self.prob if what == "prob" else self.logit_diff
+        ctrl = self.control_prob if what == "prob" else self.control_logit_diff
+        m = max(abs(x - base) for x in main)
+        c = None if ctrl is None else max(abs(x - base) for x in ctrl)
+        return m, c
+
+    def plot(self, ax: Any = None, path: str | None = None) -> Any:
+        """Probability and logit difference against alpha (control dashed). Returns a Figure."""
+        import matplotlib
+
+        if ax is None:
+            matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+
+        if ax is None:
+            fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+        else:
+            axes = ax if isinstance(ax, (list, tuple, np.ndarray)) else [ax]
+            fig = axes[0].figure
+        series = [("prob", "P(target)"), ("logit_diff", "logit difference")]
+        kind = self.intervention.get("type", "intervention")
+        for a, (key, label) in zip(axes, series, strict=False):
+            a.plot(self.alphas, getattr(self, key), marker="o", label=kind)
+            ctrl = getattr(self, f"control_{key}")
+            if ctrl is not None:
+                a.plot(self.alphas, ctrl, marker="x", linestyle="--", label="control")
+            a.axhline(getattr(self, f"baseline_{key}"), color="grey", lw=0.8, label="no hook")
+            a.set_xlabel("alpha")
+            a.set_ylabel(label)
+        axes[0].legend(fontsize=8)
+        targets = ", ".join(repr(t) for t in self.target_tokens[:4])
+        fig.suptitle(f"{kind} on {targets}", fontsize=10)
+        fig.tight_layout()
+        if path is not None:
+            fig.savefig(path, dpi=120)
+        return fig
+
+
+def _token_ids(adapter: Any, tokens: Sequence[str | int], what: str) -> list[int]:
+    ids = []
+    for tok in tokens:
+        if isinstance(tok, (int, np.integer)):
+            if not 0 <= int(tok) < adapter.d_vocab:
+                raise ValueError(f"{what} id {tok} is outside the vocabulary ({adapter.d_vocab})")
+            ids.append(int(tok))
+            continue
+        enc = adapter.tokenizer(tok, add_special_tokens=False)["input_ids"]
+        if not enc:
+            raise ValueError(f"{what} {tok!r} is empty after tokenisation")
+        # The first token decides the next-token prediction; a leading space matters.
+        ids.append(int(enc[0]))
+    if not ids:
+        raise ValueError(f"no {what} given")
+    return ids
+
+
+def _scores(
+    logits: Float[Tensor, "batch vocab"], target: list[int], contrast: list[int] | None
+) -> tuple[Tensor, Tensor]:
+    logits = logits.float()
+    probs = logits.softmax(-1)[:, target].sum(-1)
+    ref = logits[:, contrast].mean(-1) if contrast else logits.mean(-1)
+    return probs, logits[:, target].mean(-1) - ref
+
+
+def steering_curve(
+    model: Any,
+    prompts: Sequence[str],
+    intervention: Intervention,
+    alphas: Sequence[float],
+    target_tokens: str | Sequence[str | int],
+    *,
+    contrast_tokens: str | Sequence[str | int] | None = None,
+    control: str | Intervention | None = "random",
+    seed: int = 0,
+    batch_size: int = 16,
+    progress: bool = False,
+) -> SteeringCurve:
+    """Probability / logit difference of ``target_tokens`` as ``alpha`` varies.
+
+    Each alpha runs ``intervention.with_alpha(alpha)`` (Steer/Swap/Ablate/Patch: ``alpha``;
+    Clamp: the clamped ``value``) over the prompts (left padded) and reads the next-token
+    distribution at the last prompt token. ``control`` is ``"random"`` (a random direction
+    of equal norm, fixed across alphas), ``"placebo"`` (norm-matched displacement), an
+    Intervention, or None. Token strings count by their first token (``" Paris"`` with its
+    leading space is what follows ``"... is"``).
+    """
+    adapter = adapt(model)
+    adapter.require_eval()
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    prompts = list(prompts)
+    alphas = [float(a) for a in alphas]
+    if not alphas:
+        raise ValueError("alphas is empty")
+    if isinstance(target_tokens, str):
+        target_tokens = [target_tokens]
+    if isinstance(contrast_tokens, str):
+        contrast_tokens = [contrast_tokens]
+    target = _token_ids(adapter, target_tokens, "target token")
+    contrast = _token_ids(adapter, contrast_tokens, "contrast token") if contrast_tokens else None
+    if control == "random":
+        ctrl: Intervention | None = random_control(intervention, seed)
+    elif control == "placebo":
+        ctrl = placebo(intervention, seed)
+    elif control is None or isinstance(control, Intervention):
+        ctrl = control
+    else:
+        raise ValueError(
+            f"control must be 'random', 'placebo', an Intervention or None: {control!r}"
+        )
+    batches = [
+        adapter.tokenize(prompts[i : i + batch_size], padding_side="left")
+        for i in range(0, len(prompts), batch_size)
+    ]
+
+    def run(iv: Intervention | None) -> tuple[Tensor, Tensor]:
+        ps, ds = [], []
+        for batch in batches:
+            with intervene(model, *([iv] if iv is not None else [])):
+                logits = adapter.forward(batch)
+            assert logits is not None
+            p, d = _scores(logits[:, -1], target, contrast)
+            ps.append(p.cpu())
+            ds.append(d.cpu())
+        return torch.cat(ps), torch.cat(ds)
+
+    base_p, base_d = run(None)
+    prob, diff, cprob, cdiff, per, cper = [], [], [], [], [], []
+    for alpha in tqdm(alphas, disable=not progress, desc="alphas"):
+        p, d = run(intervention.with_alpha(alpha))
+        prob.append(float(p.mean()))
+        diff.append(float(d.mean()))
+        per.append(p.tolist())
+        if ctrl is not None:
+            cp, cd = run(ctrl.with_alpha(alpha))
+            cprob.append(float(cp.mean()))
+            cdiff.append(float(cd.mean()))
+            cper.append(cp.tolist())
+    tok = adapter.tokenizer
+    return SteeringCurve(
+        alphas=alphas,
+        prob=prob,
+        logit_diff=diff,
+        control_prob=cprob if ctrl is not None else None,
+        control_logit_diff=cdiff if ctrl is not None else None,
+        baseline_prob=float(base_p.mean()),
+        baseline_logit_diff=float(base_d.mean()),
+        target_tokens=[tok.decode([i]) for i in target],
+        contrast_tokens=[tok.decode([i]) for i in contrast] if contrast else None,
+        intervention=intervention.to_dict() if _small(intervention) else _describe(intervention),
+        control=None if ctrl is None else (ctrl.to_dict() if _small(ctrl) else _describe(ctrl)),
+        per_prompt_prob=per,
+        per_prompt_control_prob=cper if ctrl is not None else None,
+        provenance=adapter.provenance(n_prompts=len(prompts), seed=seed),
+    )
+
+
+def _small(iv: Intervention) -> bool:
+    return type(iv).__name__ != "Patch" and not (
+        type(iv).__name__ == "Placebo" and type(getattr(iv, "inner", None)).__name__ == "Patch"
+    )
+
+
+def _describe(iv: Intervention) -> dict[str, Any]:
+    return {"type": type(iv).__name__, "repr": repr(iv)}
+
+
+__all__ = ["SteeringCurve", "generate", "steering_curve"]
