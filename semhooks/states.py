@@ -383,6 +383,42 @@ class _Collector:
         return hook
 
 
+def _plan_extraction(
+    model: Any,
+    texts: Sequence[str],
+    layers: int | Sequence[int] | str,
+    site: str,
+    tokens: TokenSpec,
+    pool: str | None,
+    batch_size: int,
+) -> tuple[ModelAdapter, list[str], list[int], TokenSpec, dict[str, Any]]:
+    """Validate an extraction request: ``(adapter, texts, layers, selector, provenance)``."""
+    adapter = adapt(model)
+    if isinstance(texts, str):
+        texts = [texts]
+    texts = list(texts)
+    if not texts:
+        raise ValueError("extract_states got an empty list of texts")
+    if pool is not None and pool not in POOLS:
+        raise ValueError(f"unknown pooling {pool!r}; choose one of {POOLS} or None")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    adapter.require_eval()
+    layer_list = adapter.resolve_layers(layers) if site != "embed" else [0]
+    names = {layer: adapter.hook_name(site, layer) for layer in layer_list}
+    selector = _as_selector(tokens)
+    if not isinstance(selector, str) and not isinstance(selector, Spans):
+        if len(selector) != len(texts):
+            raise ValueError(f"{len(selector)} explicit positions for {len(texts)} texts")
+    if isinstance(selector, Spans) and isinstance(selector.source, list):
+        if len(selector.source) != len(texts):
+            raise ValueError(f"{len(selector.source)} spans given for {len(texts)} texts")
+    provenance = adapter.provenance(
+        hook_names=[names[layer] for layer in layer_list], n_items=len(texts)
+    )
+    return adapter, texts, layer_list, selector, provenance
+
+
 def extract_states(
     model: Any,
     texts: Sequence[str],
@@ -423,28 +459,8 @@ def extract_states(
     Returns:
         :class:`LayerStates` with ``states[n_layers, n_items, d_model]`` (float32, CPU).
     """
-    adapter = adapt(model)
-    if isinstance(texts, str):
-        texts = [texts]
-    texts = list(texts)
-    if not texts:
-        raise ValueError("extract_states got an empty list of texts")
-    if pool is not None and pool not in POOLS:
-        raise ValueError(f"unknown pooling {pool!r}; choose one of {POOLS} or None")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    adapter.require_eval()
-    layer_list = adapter.resolve_layers(layers) if site != "embed" else [0]
-    names = {layer: adapter.hook_name(site, layer) for layer in layer_list}
-    selector = _as_selector(tokens)
-    if not isinstance(selector, str) and not isinstance(selector, Spans):
-        if len(selector) != len(texts):
-            raise ValueError(f"{len(selector)} explicit positions for {len(texts)} texts")
-    if isinstance(selector, Spans) and isinstance(selector.source, list):
-        if len(selector.source) != len(texts):
-            raise ValueError(f"{len(selector.source)} spans given for {len(texts)} texts")
-    provenance = adapter.provenance(
-        hook_names=[names[layer] for layer in layer_list], n_items=len(texts)
+    adapter, texts, layer_list, selector, provenance = _plan_extraction(
+        model, texts, layers, site, tokens, pool, batch_size
     )
     if out_dir is not None:
         return _extract_sharded(
@@ -604,6 +620,101 @@ class ShardedStates:
             {**first.provenance, "n_items": self.n_items},
         )
 
+    @property
+    def layers(self) -> list[int]:
+        return [int(x) for x in self.manifest["config"]["layers"]]
+
+    def iter_layer(
+        self, layer: int, *, verify: bool = True
+    ) -> Iterator[Float[Tensor, "shard_item d_model"]]:
+        """One layer, shard by shard, read lazily from disk (memory: one shard of one layer).
+
+        safetensors memory-maps each file and copies only the requested layer's rows.
+        ``verify`` checks each shard's checksum first (streamed, constant memory).
+        """
+        from safetensors import safe_open
+
+        if layer < 0:
+            layer += int(self.manifest.get("provenance", {}).get("n_layers", 0))
+        if layer not in self.layers:
+            raise KeyError(f"layer {layer} not extracted; these shards hold layers {self.layers}")
+        li = self.layers.index(layer)
+        for shard in self.manifest["shards"]:
+            path = self.folder / shard["file"]
+            if verify and _sha256(path) != shard["sha256"]:
+                raise ArtifactError(f"shard {path} does not match its checksum in the manifest")
+            with safe_open(str(path), framework="pt") as fh:
+                yield fh.get_slice("states")[li]
+
+    def layer(self, layer: int, *, verify: bool = True) -> Float[Tensor, "item d_model"]:
+        """States at one model layer for every item, without loading the other layers."""
+        if not self.complete:
+            raise ArtifactError(f"{self.folder} is incomplete; re-run extract_states to resume")
+        return torch.cat(list(self.iter_layer(layer, verify=verify)))
+
+
+def _shard_config(
+    adapter: ModelAdapter,
+    texts: list[str],
+    layer_list: list[int],
+    site: str,
+    selector: TokenSpec,
+    how: str | None,
+    shard_size: int,
+) -> dict[str, Any]:
+    """What a shard folder was made from; a resumed or merged extraction must match it."""
+    return {
+        "model": adapter.name,
+        "hook_layout": adapter.hook_layout,
+        "layers": layer_list,
+        "site": site,
+        "pool": how,
+        "tokens": _describe_tokens(selector),
+        "corpus_sha256": hashlib.sha256("\x00".join(texts).encode()).hexdigest()[:16],
+        "shard_size": shard_size,
+    }
+
+
+def _extract_shard(
+    adapter: ModelAdapter,
+    texts: list[str],
+    k: int,
+    shard_size: int,
+    folder: Path,
+    provenance: dict[str, Any],
+    layer_list: list[int],
+    site: str,
+    selector: TokenSpec,
+    how: str | None,
+    pool_weights: Any,
+    batch_size: int,
+    padding_side: str,
+    truncate: bool,
+    sort_by_length: bool,
+) -> dict[str, Any]:
+    """Extract shard ``k`` (items ``k * shard_size ...``), save it, return its manifest entry."""
+    start = k * shard_size
+    chunk = texts[start : start + shard_size]
+    part = _extract(
+        adapter,
+        chunk,
+        layer_list,
+        site,
+        selector,
+        how,
+        pool_weights,
+        batch_size,
+        padding_side,
+        truncate,
+        sort_by_length,
+        False,
+        {**provenance, "shard": k, "start": start},
+        range(start, start + len(chunk)),
+    )
+    name = f"shard-{k:05d}.safetensors"
+    part.save(folder / name)
+    return {"file": name, "start": start, "n_items": len(chunk), "sha256": _sha256(folder / name)}
+
 
 def _extract_sharded(
     adapter: ModelAdapter,
@@ -625,17 +736,7 @@ def _extract_sharded(
     if how is None:
         raise ValueError("streaming to shards needs a pooling (pool=None keeps every token)")
     folder.mkdir(parents=True, exist_ok=True)
-    corpus_hash = hashlib.sha256("\x00".join(texts).encode()).hexdigest()[:16]
-    config = {
-        "model": adapter.name,
-        "hook_layout": adapter.hook_layout,
-        "layers": layer_list,
-        "site": site,
-        "pool": how,
-        "tokens": _describe_tokens(selector),
-        "corpus_sha256": corpus_hash,
-        "shard_size": shard_size,
-    }
+    config = _shard_config(adapter, texts, layer_list, site, selector, how, shard_size)
     manifest_path = folder / "manifest.json"
     done: list[dict[str, Any]] = []
     if manifest_path.is_file():
@@ -657,31 +758,28 @@ def _extract_sharded(
         "provenance": provenance,
         "shards": done,
     }
-    starts = list(range(0, len(texts), shard_size))
-    for k, start in enumerate(tqdm(starts, desc="shards", disable=not progress, unit="shard")):
+    n_shards = -(-len(texts) // shard_size)
+    for k in tqdm(range(n_shards), desc="shards", disable=not progress, unit="shard"):
         if k < len(done):
             continue
-        chunk = texts[start : start + shard_size]
-        part = _extract(
-            adapter,
-            chunk,
-            layer_list,
-            site,
-            selector,
-            how,
-            pool_weights,
-            batch_size,
-            padding_side,
-            truncate,
-            sort_by_length,
-            False,
-            {**provenance, "shard": k, "start": start},
-            range(start, start + len(chunk)),
-        )
-        name = f"shard-{k:05d}.safetensors"
-        part.save(folder / name)
         manifest["shards"].append(
-            {"file": name, "start": start, "n_items": len(chunk), "sha256": _sha256(folder / name)}
+            _extract_shard(
+                adapter,
+                texts,
+                k,
+                shard_size,
+                folder,
+                provenance,
+                layer_list,
+                site,
+                selector,
+                how,
+                pool_weights,
+                batch_size,
+                padding_side,
+                truncate,
+                sort_by_length,
+            )
         )
         atomic_write_json(manifest_path, manifest)
     atomic_write_json(manifest_path, manifest)
