@@ -18,3 +18,51 @@ __all__ = [
     "list_relations",
     "load",
 ]
+
+# Prompts, validation, Jacobians, LREs and LRCs (issue 4).
+from semhooks.relations.jacobian import (  # noqa: E402
+    JacobianResult,
+    LowRankJacobian,
+    mean_jacobian,
+    principal_angles,
+    prompt_jacobian,
+    randomized_jacobian,
+    reference_jacobian,
+)
+from semhooks.relations.lre import LRE, NotFittedError  # noqa: E402
+from semhooks.relations.prompts import (  # noqa: E402
+    EncodedPrompts,
+    NoValidPromptsError,
+    PromptStates,
+    RelationPrompt,
+    ValidationReport,
+    balanced_subset,
+    build_prompts,
+    encode_prompts,
+    prompt_states,
+    split,
+    validate,
+)
+
+__all__ += [
+    "EncodedPrompts",
+    "JacobianResult",
+    "LRE",
+    "LowRankJacobian",
+    "NoValidPromptsError",
+    "NotFittedError",
+    "PromptStates",
+    "RelationPrompt",
+    "ValidationReport",
+    "balanced_subset",
+    "build_prompts",
+    "encode_prompts",
+    "mean_jacobian",
+    "principal_angles",
+    "prompt_jacobian",
+    "prompt_states",
+    "randomized_jacobian",
+    "reference_jacobian",
+    "split",
+    "validate",
+]

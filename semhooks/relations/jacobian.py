@@ -1,0 +1,601 @@
+"""Jacobians of the object state with respect to the subject state: exact and randomized.
+
+For a prompt, let ``s`` be the residual state after block ``l_s`` at the subject's last
+token and ``o`` the state after block ``l_o`` at the object positions (their mean, or the
+first). The LRE (Hernandez et al. 2023) needs ``J = do/ds`` (``d x d``) per prompt.
+
+How the cost is cut (what is computed once, what is cached):
+
+- **The subject is replaced through a hook.** A hook on ``blocks.{l_s}.hook_resid_post``
+  swaps the value at the subject position for a leaf tensor; every other position keeps
+  the model's own value, so ``J`` is the derivative the LRE needs and nothing else.
+- **The prefix is computed once, as a KV cache.** In a causal model the tokens before the
+  subject's last token do not depend on ``s``. On the TransformerBridge backend the prefix
+  runs once, without autograd, into a Hugging Face ``DynamicCache`` (stopped after block
+  ``l_o``); the differentiable pass then runs only the suffix (subject token to last object
+  position) on top of that cache, so each backward pass touches ``T - p_s`` positions
+  instead of ``T``. The cached path is checked once per model against a full forward pass
+  (it falls back to full passes, with a warning, if they disagree); other backends always
+  use full passes (``prefix_cache=False`` forces them).
+- **The forward stops at the object layer** (a hook raises ``StopForward``), so blocks after
+  ``l_o`` and the unembedding never run.
+- **Products are batched**: the exact Jacobian is ``d`` vector-Jacobian products from one
+  graph in one batched backward (``is_grads_batched``, chunked by ``chunk_size``).
+- **Randomized path** (Halko, Martinsson & Tropp 2011, Alg. 4.1/4.4 with 5.1): only the
+  top singular directions of ``W = mean_i J_i`` are needed by the LRC, so
+  ``k = rank + oversampling`` Jacobian-vector products per prompt (``Y = W Omega`` averaged
+  over prompts; a JVP is the derivative of a VJP with respect to its cotangent, i.e. a
+  double backward) give an orthonormal range basis ``Q``; ``k`` vector-Jacobian products
+  give ``B = Q^T W``; the SVD of ``B`` gives ``W ~ (Q U_B) S V^T``. ``n_power_iter`` power
+  iterations sharpen the range when the spectrum decays slowly. The bias is exact in both
+  paths: ``J_i s_i`` is one more JVP.
+
+Prompts run one at a time (batch of one, no padding): with the prefix cached, the suffix is a
+handful of tokens, and the batched products already vectorise the work.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from semhooks.model import HookFn, ModelAdapter, StopForward, adapt
+from semhooks.relations.prompts import RelationPrompt, encode_prompts
+
+__all__ = [
+    "JacobianResult",
+    "LowRankJacobian",
+    "SubjectObjectMap",
+    "mean_jacobian",
+    "principal_angles",
+    "prompt_jacobian",
+    "randomized_jacobian",
+    "reference_jacobian",
+]
+
+Aggregation = Literal["mean", "first"]
+
+
+@dataclass
+class _Prepared:
+    """One prompt, tokenised and cut after its last object position, with its prefix cache."""
+
+    prompt: RelationPrompt
+    input_ids: Tensor  # [1, T]
+    subject_pos: int
+    object_pos: list[int]
+    cache: Any = None  # HF cache of positions < subject_pos, or None (full passes)
+
+
+class SubjectObjectMap:
+    """The map ``s -> o`` of one prompt, as a differentiable function of the subject state.
+
+    Args:
+        model: a decoder (TransformerBridge or HookedTransformer).
+        subject_layer: ``l_s``; ``s`` is ``blocks.{l_s}.hook_resid_post`` at the subject's
+            last token.
+        object_layer: ``l_o >= l_s``; ``o`` is ``blocks.{l_o}.hook_resid_post`` at the object
+            positions.
+        aggregation: ``"mean"`` over the object positions, or ``"first"`` (the last prompt
+            token only).
+        prefix_cache: ``"auto"`` (bridge: KV-cache the prefix, checked once per model),
+            True (require it) or False (full forward passes).
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        subject_layer: int,
+        object_layer: int,
+        aggregation: Aggregation = "mean",
+        prefix_cache: bool | Literal["auto"] = "auto",
+    ):
+        self.adapter: ModelAdapter = adapt(model)
+        self.adapter.require_eval()
+        if self.adapter.is_encoder:
+            raise ValueError(
+                f"{self.adapter.name} is an encoder: its prefix depends on the subject, so LREs "
+                "(defined for causal decoders) do not apply; use a decoder such as smollm2-135m"
+            )
+        ls, lo = (
+            self.adapter.resolve_layers(subject_layer)[0],
+            self.adapter.resolve_layers(object_layer)[0],
+        )
+        if lo < ls:
+            raise ValueError(
+                f"object_layer ({object_layer} -> {lo}) must not come before subject_layer "
+                f"({subject_layer} -> {ls})"
+            )
+        if aggregation not in ("mean", "first"):
+            raise ValueError(f"object aggregation must be 'mean' or 'first', got {aggregation!r}")
+        self.subject_layer, self.object_layer, self.aggregation = ls, lo, aggregation
+        self.s_hook = self.adapter.hook_name("resid_post", ls)
+        self.o_hook = self.adapter.hook_name("resid_post", lo)
+        self.use_cache = self._decide_cache(prefix_cache)
+
+    # ------------------------------------------------------------------ prefix cache
+    def _cache_supported(self) -> bool:
+        hf = getattr(self.adapter.model, "original_model", None)
+        return self.adapter.backend == "bridge" and getattr(hf, "config", None) is not None
+
+    def _new_cache(self) -> Any:
+        from transformers import DynamicCache
+
+        return DynamicCache(config=self.adapter.model.original_model.config)
+
+    def _decide_cache(self, prefix_cache: bool | Literal["auto"]) -> bool:
+        if prefix_cache is False:
+            return False
+        supported = self._cache_supported()
+        if prefix_cache is True and not supported:
+            raise ValueError(
+                f"prefix_cache=True needs a TransformerBridge over a Hugging Face decoder; "
+                f"{self.adapter.name} runs on the {self.adapter.backend!r} backend. Use "
+                "prefix_cache='auto' or False"
+            )
+        return supported
+
+    def _check_cache(self, prep: _Prepared) -> None:
+        """Compare the cached path with a full pass once per model; fall back if they differ."""
+        model = self.adapter.model
+        verdict = getattr(model, "_semhooks_prefix_cache_ok", None)
+        if verdict is None:
+            with torch.no_grad():
+                full = self._run(
+                    _Prepared(prep.prompt, prep.input_ids, prep.subject_pos, prep.object_pos, None),
+                    None,
+                )[1]
+                cached = self._run(prep, None)[1]
+            err = float((full - cached).norm() / full.norm().clamp_min(1e-12))
+            verdict = err < 1e-3
+            if not verdict:
+                warnings.warn(
+                    f"{self.adapter.name}: the prefix-KV-cached forward differs from the full "
+                    f"forward (relative error {err:.2e}); using full forward passes",
+                    stacklevel=3,
+                )
+            try:
+                object.__setattr__(model, "_semhooks_prefix_cache_ok", verdict)
+            except (AttributeError, TypeError):  # pragma: no cover
+                pass
+        if not verdict:
+            self.use_cache = False
+
+    # ------------------------------------------------------------------ running
+    def prepare(self, prompts: Sequence[RelationPrompt]) -> list[_Prepared]:
+        """Tokenise prompts (with their answers), find positions, cache each prefix."""
+        enc = encode_prompts(self.adapter, prompts, with_answer=True)
+        out = []
+        for i, prompt in enumerate(enc.prompts):
+            row = enc.batch.row(i)
+            obj = enc.object_positions[i]
+            if self.aggregation == "first":
+                obj = obj[:1]
+            ids = row.input_ids[:, : max(obj) + 1]
+            prep = _Prepared(prompt, ids, int(enc.subject_positions[i]), list(obj))
+            if self.use_cache and prep.subject_pos > 0:
+                prep.cache = self._prefix(ids[:, : prep.subject_pos])
+                if getattr(self.adapter.model, "_semhooks_prefix_cache_ok", None) is not True:
+                    self._check_cache(prep)
+                    if not self.use_cache:
+                        prep.cache = None
+            out.append(prep)
+        return out
+
+    def _prefix(self, ids: Tensor) -> Any:
+        cache = self._new_cache()
+
+        def stop(x: Tensor, hook: Any) -> None:
+            raise StopForward
+
+        model = self.adapter.model
+        try:
+            with torch.no_grad(), self.adapter.hooks([(self.o_hook, stop)]):
+                model(
+                    ids.to(self.adapter.device),
+                    attention_mask=torch.ones_like(ids).to(self.adapter.device),
+                    past_key_values=cache,
+                )
+        except StopForward:
+            pass
+        return cache
+
+    def _run(
+        self, prep: _Prepared, replace: Callable[[Tensor], Tensor] | None
+    ) -> tuple[Tensor, Tensor]:
+        """One forward of the prompt; ``replace(s0)`` gives the subject value to write.
+
+        Returns ``(s0, o)``: the model's own subject state (detached) and the aggregated
+        object state computed with the replaced subject.
+        """
+        adapter = self.adapter
+        if prep.cache is not None:
+            ids = prep.input_ids[:, prep.subject_pos :]
+            offset = prep.subject_pos
+            extra: dict[str, Any] = {"past_key_values": copy.deepcopy(prep.cache)}
+        else:
+            ids, offset, extra = prep.input_ids, 0, {}
+        p_s = prep.subject_pos - offset
+        p_o = [p - offset for p in prep.object_pos]
+        found: dict[str, Tensor] = {}
+
+        def put(x: Tensor, hook: Any) -> Tensor:
+            s0 = x[0, p_s].detach().clone()
+            found["s"] = s0
+            if replace is None:
+                return x
+            x = x.clone()
+            x[0, p_s] = replace(s0).to(x.dtype)
+            return x
+
+        def take(x: Tensor, hook: Any) -> None:
+            if self.s_hook == self.o_hook:
+                x = put(x, hook)
+            o = x[0, p_o]
+            found["o"] = o.mean(0) if self.aggregation == "mean" else o[0]
+            raise StopForward
+
+        hooks: list[tuple[str, HookFn]] = [(self.o_hook, take)]
+        if self.s_hook != self.o_hook:
+            hooks.insert(0, (self.s_hook, put))
+        mask = torch.ones_like(prep.input_ids)
+        try:
+            with adapter.hooks(hooks):
+                adapter.model(
+                    ids.to(adapter.device), attention_mask=mask.to(adapter.device), **extra
+                )
+        except StopForward:
+            pass
+        if "o" not in found:  # pragma: no cover - a model whose hooks did not fire
+            raise RuntimeError(
+                f"hook {self.o_hook} did not fire on {adapter.name}; cannot read the object state"
+            )
+        return found["s"], found["o"]
+
+    def states(self, prep: _Prepared) -> tuple[Float[Tensor, " d"], Float[Tensor, " d"]]:
+        """``(s, o)`` of a prompt, without autograd."""
+        with torch.no_grad():
+            return self._run(prep, None)
+
+    def graph(self, prep: _Prepared) -> tuple[Tensor, Tensor, Tensor]:
+        """A differentiable forward: ``(s_leaf, s0, o)`` with ``o`` a function of ``s_leaf``."""
+        leaf: dict[str, Tensor] = {}
+
+        def replace(s0: Tensor) -> Tensor:
+            leaf["s"] = s0.to(torch.float32).clone().requires_grad_(True)
+            return leaf["s"]
+
+        with torch.enable_grad():
+            s0, o = self._run(prep, replace)
+        return leaf["s"], s0, o.to(torch.float32)
+
+    def __call__(self, prep: _Prepared, s: Float[Tensor, " d"]) -> Float[Tensor, " d"]:
+        """``o`` as a function of the subject value ``s`` (differentiable in ``s``)."""
+        return self._run(prep, lambda _: s)[1]
+
+
+# ---------------------------------------------------------------------- products
+def _vjp(o: Tensor, leaf: Tensor, cot: Tensor, retain: bool) -> Tensor:
+    """Rows ``u_j^T J`` for cotangent rows ``u_j`` ``[k, d]``."""
+    (g,) = torch.autograd.grad(o, leaf, cot, is_grads_batched=True, retain_graph=retain)
+    return g
+
+
+def _jvp(o: Tensor, leaf: Tensor, tangents: Tensor, retain: bool) -> Tensor:
+    """Rows ``J v_j`` for tangent rows ``v_j`` ``[k, d]`` (double-backward trick)."""
+    u = torch.zeros_like(o, requires_grad=True)
+    (g,) = torch.autograd.grad(o, leaf, u, create_graph=True, retain_graph=True)
+    (jv,) = torch.autograd.grad(g, u, tangents, is_grads_batched=True, retain_graph=retain)
+    return jv
+
+
+def _default_chunk(d: int, chunk_size: int | None) -> int:
+    if chunk_size is not None:
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        return chunk_size
+    return d if d <= 1024 else 256
+
+
+# ---------------------------------------------------------------------- results
+@dataclass
+class JacobianResult:
+    """Mean Jacobian over prompts and the per-prompt quantities the LRE bias needs.
+
+    ``weight`` is ``W = mean_i J_i`` ``[d, d]`` (float64); ``subject_states`` ``[n, d]``,
+    ``object_states`` ``[n, d]`` and ``js`` ``[n, d]`` (``J_i s_i``) give the LRE bias
+    ``b = mean_i (o_i - J_i s_i)``.
+    """
+
+    weight: Float[Tensor, "d d"]
+    subject_states: Float[Tensor, "n d"]
+    object_states: Float[Tensor, "n d"]
+    js: Float[Tensor, "n d"]
+    seconds: float = 0.0
+    method: str = "exact"
+    jacobians: Float[Tensor, "n d d"] | None = None
+    prefix_cache: bool = False
+
+    @property
+    def bias(self) -> Float[Tensor, " d"]:
+        """``b = mean_i (o_i - J_i s_i)``."""
+        return (self.object_states.double() - self.js.double()).mean(0)
+
+
+@dataclass
+class LowRankJacobian:
+    """A rank-k estimate ``W ~ U diag(S) Vh`` of the mean Jacobian (randomized SVD)."""
+
+    U: Float[Tensor, "d k"]
+    S: Float[Tensor, " k"]
+    Vh: Float[Tensor, "k d"]
+    subject_states: Float[Tensor, "n d"]
+    object_states: Float[Tensor, "n d"]
+    js: Float[Tensor, "n d"]
+    seconds: float = 0.0
+    method: str = "randomized"
+    n_products: int = 0
+    prefix_cache: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def weight(self) -> Float[Tensor, "d d"]:
+        """The dense rank-k estimate ``U diag(S) Vh`` (float64)."""
+        return (self.U * self.S) @ self.Vh
+
+    @property
+    def bias(self) -> Float[Tensor, " d"]:
+        """``b = mean_i (o_i - J_i s_i)`` (exact: ``J_i s_i`` is a JVP)."""
+        return (self.object_states.double() - self.js.double()).mean(0)
+
+
+def _iter(items: Sequence[Any], progress: bool, desc: str) -> Any:
+    return tqdm(items, desc=desc, disable=not progress or len(items) < 2, leave=False)
+
+
+# ---------------------------------------------------------------------- exact
+def mean_jacobian(
+    model: Any,
+    prompts: Sequence[RelationPrompt],
+    subject_layer: int,
+    object_layer: int,
+    *,
+    aggregation: Aggregation = "mean",
+    chunk_size: int | None = None,
+    prefix_cache: bool | Literal["auto"] = "auto",
+    keep_jacobians: bool = False,
+    progress: bool = True,
+) -> JacobianResult:
+    """Exact ``W = mean_i do_i/ds_i`` over prompts: ``d`` batched VJPs per prompt.
+
+    Args:
+        chunk_size: cotangents per batched backward (default: all ``d`` when ``d <= 1024``,
+            else 256); lower it to save memory.
+        keep_jacobians: also return every ``J_i`` (``[n, d, d]``).
+    """
+    fmap = SubjectObjectMap(model, subject_layer, object_layer, aggregation, prefix_cache)
+    prompts = list(prompts)
+    if not prompts:
+        raise ValueError("no prompts given (empty list)")
+    t0 = time.perf_counter()
+    preps = fmap.prepare(prompts)
+    d = fmap.adapter.d_model
+    chunk = _default_chunk(d, chunk_size)
+    eye = torch.eye(d)
+    total = torch.zeros(d, d, dtype=torch.float64)
+    s_all, o_all, js_all, kept = [], [], [], []
+    for prep in _iter(preps, progress, "jacobians"):
+        leaf, s0, o = fmap.graph(prep)
+        parts = []
+        for start in range(0, d, chunk):
+            more = start + chunk < d
+            parts.append(_vjp(o, leaf, eye[start : start + chunk].to(leaf.device), more))
+        J = torch.cat(parts).detach().to("cpu", torch.float64)
+        total += J
+        s_all.append(s0.to("cpu", torch.float32))
+        o_all.append(o.detach().to("cpu", torch.float32))
+        js_all.append((J @ s0.to("cpu", torch.float64)).float())
+        if keep_jacobians:
+            kept.append(J.float())
+    return JacobianResult(
+        weight=total / len(preps),
+        subject_states=torch.stack(s_all),
+        object_states=torch.stack(o_all),
+        js=torch.stack(js_all),
+        seconds=time.perf_counter() - t0,
+        method="exact",
+        jacobians=torch.stack(kept) if keep_jacobians else None,
+        prefix_cache=any(p.cache is not None for p in preps),
+    )
+
+
+def prompt_jacobian(
+    model: Any,
+    prompt: RelationPrompt,
+    subject_layer: int,
+    object_layer: int,
+    *,
+    aggregation: Aggregation = "mean",
+    prefix_cache: bool | Literal["auto"] = "auto",
+) -> tuple[Float[Tensor, "d d"], Float[Tensor, " d"], Float[Tensor, " d"]]:
+    """``(J, s, o)`` of one prompt through the fast path (``J[i, j] = do_i / ds_j``)."""
+    res = mean_jacobian(
+        model,
+        [prompt],
+        subject_layer,
+        object_layer,
+        aggregation=aggregation,
+        prefix_cache=prefix_cache,
+        progress=False,
+    )
+    return res.weight.float(), res.subject_states[0], res.object_states[0]
+
+
+def reference_jacobian(
+    model: Any,
+    prompt: RelationPrompt,
+    subject_layer: int,
+    object_layer: int,
+    *,
+    aggregation: Aggregation = "mean",
+) -> tuple[Float[Tensor, "d d"], Float[Tensor, " d"], Float[Tensor, " d"]]:
+    """The naive reference: ``torch.autograd.functional.jacobian(vectorize=True)`` of a full
+    forward pass (every layer and the unembedding, no prefix cache, no early stop).
+
+    For tests and benchmarks; returns ``(J, s, o)``.
+    """
+    adapter = adapt(model)
+    fmap = SubjectObjectMap(model, subject_layer, object_layer, aggregation, prefix_cache=False)
+    prep = fmap.prepare([prompt])[0]
+    s0, _ = fmap.states(prep)
+    ids = prep.input_ids.to(adapter.device)
+    mask = torch.ones_like(ids)
+    p_s, p_o = prep.subject_pos, prep.object_pos
+
+    def f(s: Tensor) -> Tensor:
+        found: dict[str, Tensor] = {}
+
+        def put(x: Tensor, hook: Any) -> Tensor:
+            x = x.clone()
+            x[0, p_s] = s.to(x.dtype)
+            if fmap.s_hook == fmap.o_hook:
+                take(x, hook)
+            return x
+
+        def take(x: Tensor, hook: Any) -> None:
+            o = x[0, p_o]
+            found["o"] = o.mean(0) if aggregation == "mean" else o[0]
+
+        hooks: list[tuple[str, HookFn]] = [(fmap.s_hook, put)]
+        if fmap.s_hook != fmap.o_hook:
+            hooks.append((fmap.o_hook, take))
+        with adapter.hooks(hooks):
+            adapter.model(ids, attention_mask=mask)
+        return found["o"].to(torch.float32)
+
+    s_in = s0.detach().clone().to(torch.float32)
+    J = torch.autograd.functional.jacobian(f, s_in, vectorize=True)
+    with torch.no_grad():
+        o = f(s_in)
+    return J.detach(), s_in, o.detach()
+
+
+# ---------------------------------------------------------------------- randomized
+def _orth(Y: Tensor) -> Tensor:
+    Q, _ = torch.linalg.qr(Y)
+    return Q
+
+
+def randomized_jacobian(
+    model: Any,
+    prompts: Sequence[RelationPrompt],
+    subject_layer: int,
+    object_layer: int,
+    rank: int,
+    *,
+    oversampling: int = 10,
+    n_power_iter: int = 0,
+    aggregation: Aggregation = "mean",
+    seed: int = 0,
+    prefix_cache: bool | Literal["auto"] = "auto",
+    progress: bool = True,
+) -> LowRankJacobian:
+    """Randomized rank-``k`` SVD of ``W = mean_i J_i`` from ``k = rank + oversampling``
+    JVPs and ``k`` VJPs per prompt (plus ``2k`` per power iteration).
+
+    Halko et al. 2011: ``Y = W Omega`` (``Omega`` Gaussian ``d x k``, the same for every
+    prompt, so ``Y = mean_i J_i Omega``), ``Q = orth(Y)``; optionally ``n_power_iter`` times
+    ``Q = orth(W orth(W^T Q))``; then ``B = Q^T W = mean_i Q^T J_i`` and
+    ``W ~ Q B = (Q U_B) diag(S) Vh``. The bias products ``J_i s_i`` ride along with the
+    first pass of JVPs.
+    """
+    fmap = SubjectObjectMap(model, subject_layer, object_layer, aggregation, prefix_cache)
+    d = fmap.adapter.d_model
+    if not isinstance(rank, int) or rank < 1:
+        raise ValueError(f"rank must be a positive int, got {rank!r}")
+    if rank > d:
+        raise ValueError(
+            f"rank {rank} exceeds d_model = {d} of {fmap.adapter.name}; choose rank <= {d}"
+        )
+    if oversampling < 0 or n_power_iter < 0:
+        raise ValueError("oversampling and n_power_iter must be >= 0")
+    prompts = list(prompts)
+    if not prompts:
+        raise ValueError("no prompts given (empty list)")
+    k = min(rank + oversampling, d)
+    t0 = time.perf_counter()
+    preps = fmap.prepare(prompts)
+    n = len(preps)
+    gen = torch.Generator().manual_seed(seed)
+    omega = torch.randn(d, k, generator=gen, dtype=torch.float64)
+
+    s_all: list[Tensor] = []
+    o_all: list[Tensor] = []
+    js_all: list[Tensor] = []
+
+    def jvp_pass(V: Tensor, first: bool) -> Tensor:
+        """``mean_i J_i V`` ``[d, k]``; the first pass also records ``s_i, o_i, J_i s_i``."""
+        acc = torch.zeros(d, V.shape[1], dtype=torch.float64)
+        for prep in _iter(preps, progress, "JVPs"):
+            leaf, s0, o = fmap.graph(prep)
+            tangents = V.T.to(torch.float32)
+            if first:
+                tangents = torch.cat([tangents, s0.to(torch.float32)[None]])
+            rows = _jvp(o, leaf, tangents.to(leaf.device), retain=False).detach().cpu()
+            acc += rows[: V.shape[1]].T.double()
+            if first:
+                s_all.append(s0.to("cpu", torch.float32))
+                o_all.append(o.detach().to("cpu", torch.float32))
+                js_all.append(rows[-1].float())
+        return acc / n
+
+    def vjp_pass(Q: Tensor) -> Tensor:
+        """``mean_i J_i^T Q`` ``[d, k]``."""
+        acc = torch.zeros(d, Q.shape[1], dtype=torch.float64)
+        for prep in _iter(preps, progress, "VJPs"):
+            leaf, _, o = fmap.graph(prep)
+            rows = _vjp(o, leaf, Q.T.to(torch.float32).to(leaf.device), retain=False)
+            acc += rows.detach().cpu().T.double()
+        return acc / n
+
+    Y = jvp_pass(omega, first=True)
+    for _ in range(n_power_iter):
+        Z = vjp_pass(_orth(Y))
+        Y = jvp_pass(_orth(Z), first=False)
+    Q = _orth(Y)
+    Bt = vjp_pass(Q)  # [d, k] = W^T Q = B^T
+    Ub, S, Vh = torch.linalg.svd(Bt.T, full_matrices=False)
+    U = Q @ Ub
+    products = n * (2 * k + 1 + 2 * k * n_power_iter)
+    return LowRankJacobian(
+        U=U,
+        S=S,
+        Vh=Vh,
+        subject_states=torch.stack(s_all),
+        object_states=torch.stack(o_all),
+        js=torch.stack(js_all),
+        seconds=time.perf_counter() - t0,
+        n_products=products,
+        prefix_cache=any(p.cache is not None for p in preps),
+        extra={"k": k, "oversampling": oversampling, "n_power_iter": n_power_iter},
+    )
+
+
+# ---------------------------------------------------------------------- subspaces
+def principal_angles(A: Float[Tensor, "d p"], B: Float[Tensor, "d q"]) -> Float[Tensor, " m"]:
+    """Principal angles (radians, ascending) between the column spans of ``A`` and ``B``.
+
+    ``cos theta_i`` are the singular values of ``orth(A)^T orth(B)`` (Bjorck & Golub 1973).
+    """
+    qa, qb = _orth(A.double()), _orth(B.double())
+    cos = torch.linalg.svdvals(qa.T @ qb).clamp(-1.0, 1.0)
+    return torch.arccos(cos)
