@@ -592,9 +592,10 @@ class WiCResult:
                 ax,
                 res.layers,
                 {v: series[v] for v in res.variants},
-                title=f"{res.model} ({kind}), WiC {res.protocol.get('eval_split', '')}: {how}",
+                title=f"{res.model} ({kind})\nWiC {res.protocol.get('eval_split', '')}: {how}",
                 xlabel="layer (block output)",
                 chance=res.protocol.get("majority_rate"),
+                chance_label="majority class",
             )
         if path is not None:
             save_figure(fig, path)

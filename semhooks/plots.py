@@ -17,6 +17,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from semhooks.artifacts import atomic_write_bytes
 
@@ -47,6 +48,7 @@ def layer_curves(
     xlabel: str = "layer",
     ylabel: str = "accuracy",
     chance: float | None = None,
+    chance_label: str = "chance",
     mark_best: bool = True,
 ) -> Axes:
     """One line per named series over ``layers``; the best point of each is marked.
@@ -55,7 +57,7 @@ def layer_curves(
         ax: the axes to draw on.
         layers: x values (model layer numbers), length ``n``.
         series: name -> ``n`` y values (NaN values are skipped by matplotlib).
-        chance: draw a dotted horizontal reference line at this value.
+        chance: draw a dotted horizontal reference line at this value (``chance_label``).
         mark_best: mark each series' maximum with a filled marker.
     """
     x = np.asarray(list(layers))
@@ -70,10 +72,11 @@ def layer_curves(
             best = int(np.nanargmax(y))
             ax.plot([x[best]], [y[best]], marker="o", color=line.get_color(), markersize=7)
     if chance is not None:
-        ax.axhline(chance, color="grey", linestyle=":", linewidth=1, label="chance")
+        ax.axhline(chance, color="grey", linestyle=":", linewidth=1, label=chance_label)
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small")
     return ax
