@@ -171,15 +171,13 @@ class ModelAdapter:
         return hashlib.sha1(key.encode()).hexdigest()[:12]
 
     def provenance(self, **extra: Any) -> dict[str, Any]:
-        import transformer_lens
-
         from semhooks.artifacts import now_iso, semhooks_version
 
         return {
             "model": self.name,
             "model_type": self.model_type,
             "backend": self.backend,
-            "transformer_lens_version": getattr(transformer_lens, "__version__", "unknown"),
+            "transformer_lens_version": transformer_lens_version(),
             "semhooks_version": semhooks_version(),
             "n_layers": self.n_layers,
             "d_model": self.d_model,
@@ -406,6 +404,15 @@ def active_hook_count(model: Any) -> int:
 def leaked_hooks(model: Any) -> int:
     """Hooks attached beyond those the model carried when semhooks first saw it."""
     return active_hook_count(model) - adapt(model).baseline_hooks
+
+
+def transformer_lens_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("transformer-lens")
+    except PackageNotFoundError:  # pragma: no cover
+        return "unknown"
 
 
 def adapt(model: Any) -> ModelAdapter:

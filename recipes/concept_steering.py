@@ -1,0 +1,118 @@
+"""Recipe ``concept-steering``: a direction from contrastive prompts, its steering curve vs a
+random control of equal norm, and greedy generations under it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from recipes.core import ConfigError, RecipeConfig, RunContext, register
+
+POSITIVE = [
+    "I loved this movie; it was wonderful.",
+    "What a delightful, beautiful day.",
+    "The food was excellent and the staff were lovely.",
+    "This is the best book I have ever read.",
+    "An amazing, heartwarming performance.",
+    "I am so happy with this purchase.",
+]
+NEGATIVE = [
+    "I hated this movie; it was awful.",
+    "What a miserable, ugly day.",
+    "The food was terrible and the staff were rude.",
+    "This is the worst book I have ever read.",
+    "A boring, painful performance.",
+    "I am so disappointed with this purchase.",
+]
+
+
+@dataclass
+class ConceptSteeringConfig(RecipeConfig):
+    layer: int = 12
+    positive: list[str] = field(default_factory=lambda: list(POSITIVE))
+    negative: list[str] = field(default_factory=lambda: list(NEGATIVE))
+    prompts: list[str] = field(
+        default_factory=lambda: [
+            "The movie was",
+            "Honestly, the food tasted",
+            "My day has been",
+            "The new album sounds",
+        ]
+    )
+    target_tokens: list[str] = field(default_factory=lambda: [" great", " good", " wonderful"])
+    contrast_tokens: list[str] = field(default_factory=lambda: [" terrible", " bad", " awful"])
+    alphas: list[float] = field(default_factory=lambda: [-8.0, -4.0, -2.0, 0.0, 2.0, 4.0, 8.0])
+    generate_alpha: float = 3.0
+    max_new_tokens: int = 12
+
+
+def _check(config: ConceptSteeringConfig, ctx: RunContext) -> None:
+    import semhooks as sh
+
+    a = sh.adapt(ctx.model)
+    if a.is_encoder:
+        raise ConfigError(f"model: {config.model} is an encoder; steering curves need a decoder")
+    try:
+        a.resolve_layers(config.layer)
+    except ValueError as exc:
+        raise ConfigError(f"layer: {exc}") from exc
+    if len(config.positive) < 2 or len(config.negative) < 2:
+        raise ConfigError("positive/negative: need at least 2 prompts each")
+    for tok in [*config.target_tokens, *config.contrast_tokens]:
+        if not a.to_token_ids([tok])[0]:
+            raise ConfigError(f"target/contrast token {tok!r} does not tokenise")
+
+
+@register("concept-steering", ConceptSteeringConfig, check=_check)
+def concept_steering(config: ConceptSteeringConfig, ctx: RunContext) -> dict[str, Any]:
+    """Mean-difference direction -> steering curve with a random control -> generations."""
+    import numpy as np
+
+    import semhooks as sh
+    from semhooks.directions import MeanDifference
+    from semhooks.interventions import Steer
+    from semhooks.steering import generate, steering_curve
+
+    texts = list(config.positive) + list(config.negative)
+    states = ctx.cached_states(
+        "contrast_states",
+        lambda: sh.extract_states(
+            ctx.model, texts, layers=[config.layer], tokens="all", pool="mean", progress=False
+        ),
+    )
+    y = np.array([1] * len(config.positive) + [0] * len(config.negative))
+    direction = MeanDifference(layer=config.layer).fit(states, y)
+    steer = Steer(direction.direction_, alpha=1.0, layers=[config.layer], positions="all")
+    curve = steering_curve(
+        ctx.model,
+        config.prompts,
+        steer,
+        config.alphas,
+        config.target_tokens,
+        contrast_tokens=config.contrast_tokens,
+        seed=config.seed,
+    )
+    ctx.save_figure(
+        "steering_curve", curve.plot(), "Target-token probability vs alpha, with a random control"
+    )
+    base = generate(ctx.model, config.prompts, [], config.max_new_tokens)
+    pos = generate(
+        ctx.model, config.prompts, [steer.with_alpha(config.generate_alpha)], config.max_new_tokens
+    )
+    neg = generate(
+        ctx.model, config.prompts, [steer.with_alpha(-config.generate_alpha)], config.max_new_tokens
+    )
+    rows = ["| prompt | no steering | + direction | - direction |", "|---|---|---|---|"]
+    for p, b, s_pos, s_neg in zip(config.prompts, base, pos, neg, strict=True):
+        rows.append(f"| {p} | {b!r} | {s_pos!r} | {s_neg!r} |")
+    effect, control = curve.effect("logit_diff")
+    return {
+        "summary": {
+            "direction_norm": float(direction.direction_.norm()),
+            "logit_diff_effect": effect,
+            "control_logit_diff_effect": control if control is not None else float("nan"),
+            "effect_over_control": effect / control if control else float("nan"),
+        },
+        "tables": ["### Greedy generations\n\n" + "\n".join(rows)],
+        "curve": curve.to_dict(),
+    }
