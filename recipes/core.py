@@ -173,12 +173,12 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
             raise ConfigError(f"{key}: expected an integer, got {value!r}") from None
     if annotation is float:
         try:
-            out = float(value)
+            number = float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{key}: expected a number, got {value!r}") from None
-        if not math.isfinite(out):
+        if not math.isfinite(number):
             raise ConfigError(f"{key}: expected a finite number, got {value!r}")
-        return out
+        return number
     if annotation is str:
         if not isinstance(value, str):
             raise ConfigError(f"{key}: expected a string, got {value!r}")
@@ -322,10 +322,10 @@ def _jsonable(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [_jsonable(v) for v in obj]
     if hasattr(obj, "tolist"):
-        return obj.tolist()
+        return _jsonable(obj.tolist())
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
-    return obj
+    return obj  # noqa: RET504
 
 
 def run_recipe(

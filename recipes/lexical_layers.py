@@ -57,10 +57,9 @@ def lexical_layers(config: LexicalLayersConfig, ctx: RunContext) -> dict[str, An
 
     dec = WiCResult.from_dict(ctx.cached_json("wic_decoder", lambda: study(ctx.model).to_dict()))
     results = {"decoder": dec}
-    if config.encoder:
-        enc_dict = ctx.cached_json(
-            "wic_encoder", lambda: study(ctx.load_other(config.encoder)).to_dict()
-        )
+    encoder = config.encoder
+    if encoder:
+        enc_dict = ctx.cached_json("wic_encoder", lambda: study(ctx.load_other(encoder)).to_dict())
         results["encoder"] = WiCResult.from_dict(enc_dict)
     fig = dec.plot(results.get("encoder"))
     ctx.save_figure("wic_layers", fig, "WiC dev accuracy per layer (threshold readout)")

