@@ -8,27 +8,83 @@ and information emergence.
 
 __version__ = "0.1.0"
 
+from semhooks import datasets, relations
 from semhooks.artifacts import ArtifactError
+from semhooks.datasets import (
+    TextClassificationDataset,
+    WiCItem,
+    load_entities,
+    load_sentiment,
+    load_sst2,
+    load_wic,
+)
+from semhooks.directions import MeanDifference, PCADirection, ProbeDirection
+from semhooks.hooked import hooked_transformer_from_hf, is_hooked_transformer
+from semhooks.interventions import (
+    Ablate,
+    Clamp,
+    Intervention,
+    InterventionError,
+    Patch,
+    Steer,
+    Swap,
+    intervene,
+    placebo,
+    random_control,
+)
+from semhooks.lexical import WiCResult, wic_study
 from semhooks.model import ModelAdapter, Tokenized, adapt, cache_dir, load_model
 from semhooks.pooling import AttentionPooler, pool
+from semhooks.probing import PoolingResult, pooling_study
 from semhooks.spans import SpanNotFoundError, Spans, char_span, find_span
 from semhooks.states import LayerStates, ShardedStates, extract_states, select_tokens
+from semhooks.steering import SteeringCurve, generate, steering_curve
 
 __all__ = [
+    "Ablate",
     "ArtifactError",
     "AttentionPooler",
+    "Clamp",
+    "Intervention",
+    "InterventionError",
     "LayerStates",
+    "MeanDifference",
     "ModelAdapter",
+    "PCADirection",
+    "Patch",
+    "PoolingResult",
+    "ProbeDirection",
     "ShardedStates",
     "SpanNotFoundError",
     "Spans",
+    "Steer",
+    "SteeringCurve",
+    "Swap",
+    "TextClassificationDataset",
     "Tokenized",
+    "WiCItem",
+    "WiCResult",
     "adapt",
     "cache_dir",
     "char_span",
+    "datasets",
     "extract_states",
     "find_span",
+    "generate",
+    "hooked_transformer_from_hf",
+    "intervene",
+    "is_hooked_transformer",
+    "load_entities",
     "load_model",
+    "load_sentiment",
+    "load_sst2",
+    "load_wic",
+    "placebo",
     "pool",
+    "pooling_study",
+    "random_control",
+    "relations",
     "select_tokens",
+    "steering_curve",
+    "wic_study",
 ]

