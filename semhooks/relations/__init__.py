@@ -66,3 +66,40 @@ __all__ += [
     "split",
     "validate",
 ]
+
+from semhooks.relations.evaluation import (  # noqa: E402
+    Baseline,
+    CausalityResult,
+    FaithfulnessResult,
+    RelationEvaluation,
+    SwapResult,
+    SweepResult,
+    causal_swap,
+    evaluate_relation,
+    evaluate_relations,
+    faithfulness,
+    fit_baselines,
+    hernandez_causality,
+    sweep,
+    table_markdown,
+)
+from semhooks.relations.lrc import LRC, Concept  # noqa: E402
+
+__all__ += [
+    "LRC",
+    "Baseline",
+    "CausalityResult",
+    "Concept",
+    "FaithfulnessResult",
+    "RelationEvaluation",
+    "SwapResult",
+    "SweepResult",
+    "causal_swap",
+    "evaluate_relation",
+    "evaluate_relations",
+    "faithfulness",
+    "fit_baselines",
+    "hernandez_causality",
+    "sweep",
+    "table_markdown",
+]
