@@ -137,6 +137,8 @@ def _install_mask_capture(model: Any) -> bool:
 
     def pre(module: Any, args: Any, kwargs: dict[str, Any]) -> None:
         mask = kwargs.get("attention_mask")
+        if isinstance(mask, Tensor) and bool(mask.all()):
+            mask = None  # unpadded: hooks take the fast path (one check per forward, not per hook)
         old = _BATCH.get()
         tokens.append(_BATCH.set(BatchInfo(mask, old.prompt_length)))
 
@@ -240,7 +242,7 @@ class Intervention:
     site: str = "resid_post"
     positions: PositionSpec = "all"
     n_fired: int = field(default=0, init=False, compare=False)
-    n_edited: int = field(default=0, init=False, compare=False)
+    _n_edited: Any = field(default=0, init=False, compare=False)
     _cast: dict[Any, Any] = field(default_factory=dict, init=False, compare=False)
 
     _tensor_fields: ClassVar[tuple[str, ...]] = ()
@@ -305,7 +307,7 @@ class Intervention:
     def reset(self) -> None:
         """Zero the fired/edited counters."""
         self.n_fired = 0
-        self.n_edited = 0
+        self._n_edited = 0
 
     def with_alpha(self, alpha: float) -> Intervention:
         """A copy with a different strength (used by steering curves)."""
@@ -370,11 +372,16 @@ class Intervention:
     def _prepare(self, act: Tensor, hook: Any) -> None:
         """Per-call set-up before positions are resolved (Patch looks up its source here)."""
 
-    def _select(self, act: Tensor) -> Tensor | None:
-        return resolve_positions(self.positions, act, _BATCH.get())
+    def _select(self, act: Tensor) -> _Selection:
+        return _selection(self.positions, act, _BATCH.get())
 
     def _edit(self, h: Tensor, rows: Tensor | None, cols: Tensor | None, hook: Any) -> Tensor:
         raise NotImplementedError
+
+    @property
+    def n_edited(self) -> int:
+        """Vectors (row, position, layer) edited since the last :meth:`reset`."""
+        return int(self._n_edited)
 
     def __call__(self, activation: Tensor, hook: Any = None) -> Tensor:
         squeeze = activation.ndim == 2
@@ -394,19 +401,25 @@ class Intervention:
         self._batch_size = act.shape[0]
         self._prepare(act, hook)
         sel = self._select(act)
-        if sel is None:
-            out = self._edit(act, None, None, hook)
-            n = act.shape[0] * act.shape[1]
+        # No host-device synchronisation below: counts of masked edits stay tensors until read.
+        if sel.kind == "none":
+            return activation
+        if sel.kind == "all":
+            out = self._edit(act, None, None, hook).to(act.dtype)
+            self._n_edited = self._n_edited + act.shape[0] * act.shape[1]
+        elif sel.kind == "mask":
+            assert sel.mask is not None
+            new = self._edit(act, None, None, hook).to(act.dtype)
+            out = torch.where(sel.mask[..., None], new, act)
+            self._n_edited = self._n_edited + sel.mask.sum()
         else:
-            if not bool(sel.any()):
-                return activation
-            rows, cols = sel.nonzero(as_tuple=True)
+            rows, cols = sel.rows, sel.cols
+            assert rows is not None and cols is not None
             new = self._edit(act[rows, cols], rows, cols, hook)
             out = act.clone()
             out[rows, cols] = new.to(act.dtype)
-            n = int(rows.numel())
+            self._n_edited = self._n_edited + rows.numel()
         self.n_fired += 1
-        self.n_edited += n
         return out[0] if squeeze else out
 
 
@@ -427,12 +440,30 @@ def _check_positions(spec: Any) -> None:
         raise InterventionError(f"cannot use {spec!r} as positions")
 
 
-def resolve_positions(
-    spec: PositionSpec, act: Tensor, info: BatchInfo | None = None
-) -> Bool[Tensor, "batch pos"] | None:
-    """The ``[batch, pos]`` selection for ``spec`` (``None`` = every position)."""
+@dataclass(frozen=True)
+class _Selection:
+    """Where to edit: everywhere, nowhere, a bool mask, or (rows, cols) index pairs."""
+
+    kind: Literal["all", "none", "mask", "idx"]
+    mask: Tensor | None = None
+    rows: Tensor | None = None
+    cols: Tensor | None = None
+
+    def as_mask(self, b: int, t: int, device: Any) -> Tensor | None:
+        if self.kind == "all":
+            return None
+        out = torch.zeros(b, t, dtype=torch.bool, device=device)
+        if self.kind == "mask":
+            assert self.mask is not None
+            return self.mask.to(device)
+        if self.kind == "idx":
+            out[self.rows, self.cols] = True
+        return out
+
+
+def _selection(spec: PositionSpec, act: Tensor, info: BatchInfo) -> _Selection:
     b, t = act.shape[:2]
-    info = info or BatchInfo()
+    dev = act.device
     mask = info.attention_mask
     if mask is not None:
         if tuple(mask.shape) != (b, t):
@@ -440,39 +471,35 @@ def resolve_positions(
                 f"the attention mask has shape {tuple(mask.shape)} but the activation is "
                 f"[{b}, {t}, d]; the hook is running inside another batch's context"
             )
-        mask = mask.to(act.device).bool()
-        if bool(mask.all()):
-            mask = None
+        mask = mask.to(dev).bool()
     if isinstance(spec, str):
         if spec == "all":
-            return mask
+            return _Selection("all") if mask is None else _Selection("mask", mask)
         if spec == "last":
-            sel = torch.zeros(b, t, dtype=torch.bool, device=act.device)
+            rows = torch.arange(b, device=dev)
             if mask is None:
-                sel[:, -1] = True
-            else:
-                last = (t - 1) - mask.flip(1).int().argmax(1)
-                sel[torch.arange(b, device=act.device), last] = True
-            return sel
+                return _Selection("idx", rows=rows, cols=torch.full_like(rows, t - 1))
+            return _Selection("idx", rows=rows, cols=(t - 1) - mask.flip(1).int().argmax(1))
         p = info.prompt_length
         if p is None:
             if spec == "prompt_only":
-                return mask
+                return _Selection("all") if mask is None else _Selection("mask", mask)
             raise InterventionError(
                 "positions='generated_only' needs the prompt length; run under "
                 "semhooks.generate(...) or semhooks.interventions.batch_context(prompt_length=...)"
             )
-        cols = torch.arange(t, device=act.device)[None].expand(b, t)
+        if (spec == "generated_only" and p >= t) or (spec == "prompt_only" and p <= 0):
+            return _Selection("none")
+        cols = torch.arange(t, device=dev)[None].expand(b, t)
         sel = cols < p if spec == "prompt_only" else cols >= p
-        return sel if mask is None else sel & mask
+        return _Selection("mask", sel if mask is None else sel & mask)
     if isinstance(spec, Tensor):
         if tuple(spec.shape) != (b, t):
             raise InterventionError(
                 f"the positions mask has shape {tuple(spec.shape)}; the activation is [{b}, {t}, d]"
             )
-        return spec.to(act.device)
-    sel = torch.zeros(b, t, dtype=torch.bool)
-    if isinstance(spec, int):
+        return _Selection("mask", spec.to(dev))
+    if isinstance(spec, (int, np.integer)):
         per_row: list[Any] = [[spec]] * b
     elif all(isinstance(p, (int, np.integer)) for p in spec):
         per_row = [list(spec)] * b
@@ -482,6 +509,7 @@ def resolve_positions(
             raise InterventionError(
                 f"positions has {len(per_row)} per-row lists but the batch has {b} rows"
             )
+    pairs = set()
     for r, ps in enumerate(per_row):
         for p in ps:
             q = int(p) + t if p < 0 else int(p)
@@ -489,8 +517,20 @@ def resolve_positions(
                 raise InterventionError(
                     f"position {p} (row {r}) is out of range for a batch of width {t}"
                 )
-            sel[r, q] = True
-    return sel.to(act.device)
+            pairs.add((r, q))
+    if not pairs:
+        return _Selection("none")
+    idx = torch.tensor(sorted(pairs), dtype=torch.long).to(dev)
+    return _Selection("idx", rows=idx[:, 0], cols=idx[:, 1])
+
+
+def resolve_positions(
+    spec: PositionSpec, act: Tensor, info: BatchInfo | None = None
+) -> Bool[Tensor, "batch pos"] | None:
+    """The ``[batch, pos]`` bool selection for ``spec`` (``None`` = every position)."""
+    _check_positions(spec)
+    sel = _selection(spec, act, info or BatchInfo())
+    return sel.as_mask(act.shape[0], act.shape[1], act.device)
 
 
 def _layer_of(hook: Any) -> int | None:
@@ -770,12 +810,13 @@ class Patch(Intervention):
     def _prepare(self, act: Tensor, hook: Any) -> None:
         self._current = self._full_source(hook, act)
 
-    def _select(self, act: Tensor) -> Tensor | None:
+    def _select(self, act: Tensor) -> _Selection:
         sel = super()._select(act)
         defined = self._current[1]
-        if defined is None:
+        if defined is None or sel.kind == "none":
             return sel
-        return defined if sel is None else sel & defined
+        where = sel.as_mask(act.shape[0], act.shape[1], act.device)
+        return _Selection("mask", defined if where is None else where & defined)
 
     def _edit(self, h: Tensor, rows: Tensor | None, cols: Tensor | None, hook: Any) -> Tensor:
         full, _ = self._current
@@ -831,7 +872,7 @@ class Placebo(Intervention):
         size = (out - activation).float().norm(dim=-1, keepdim=True).to(activation.dtype)
         changed = size > 0
         self.n_fired += 1
-        self.n_edited += int(changed.sum())
+        self._n_edited = self._n_edited + changed.sum()
         return torch.where(changed, activation + size * r, activation)
 
 

@@ -29,6 +29,26 @@ from semhooks.model import active_hook_count
 TEXTS = ["The capital of France is Paris.", "I loved this movie", "The bank of the river"]
 
 
+_HOOKED: dict[str, object] = {}
+
+
+@pytest.fixture(params=["bridge", "hooked"])
+def llama(request, tiny_llama):
+    """The tiny Llama on both backends: the bridge, and a HookedTransformer (TL 3.x) with the
+    same weights (skipped where TransformerLens 3.x is not installed; see .venv-tl3)."""
+    if request.param == "bridge":
+        return tiny_llama
+    from semhooks.hooked import hooked_transformer_available, hooked_transformer_from_hf
+
+    if not hooked_transformer_available():
+        pytest.skip("no HookedTransformer in this TransformerLens (run in the TL 3.x venv)")
+    if "model" not in _HOOKED:
+        _HOOKED["model"] = hooked_transformer_from_hf(
+            tiny_llama.original_model, tiny_llama.tokenizer
+        )
+    return _HOOKED["model"]
+
+
 def _direction(model, seed=0):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(adapt(model).d_model, generator=g)
@@ -41,56 +61,68 @@ def _cache(model, batch):
 
 
 def _rest_of_model(model, resid, layer, batch):
-    """Run blocks layer+1.. on a hand-edited residual (no hooks involved)."""
+    """Run blocks layer+1.. on a hand-edited residual ``resid`` (the resid_post of ``layer``).
+
+    With ``start_at_layer`` where the backend has it (HookedTransformer, TL 4 bridge); the
+    TL 3 bridge lacks it, so there a plain hook writes the hand-made tensor in its place.
+    """
     with torch.inference_mode():
-        return model(resid, start_at_layer=layer + 1, attention_mask=batch.attention_mask)
+        try:
+            return model(resid, start_at_layer=layer + 1, attention_mask=batch.attention_mask)
+        except NotImplementedError:
+            name = adapt(model).hook_name("resid_post", layer)
+            return model.run_with_hooks(
+                batch.input_ids,
+                attention_mask=batch.attention_mask,
+                fwd_hooks=[(name, lambda x, hook: resid.to(x.dtype))],
+            )
 
 
 # ---------------------------------------------------------------------- oracles
 @pytest.mark.parametrize("side", ["left", "right"])
-def test_steer_equals_adding_alpha_v_by_hand(tiny_llama, side):
-    a = adapt(tiny_llama)
+def test_steer_equals_adding_alpha_v_by_hand(llama, side):
+    a = adapt(llama)
     batch = a.tokenize(TEXTS, padding_side=side)
-    v = _direction(tiny_llama)
-    _, cache = _cache(tiny_llama, batch)
+    v = _direction(llama)
+    _, cache = _cache(llama, batch)
     resid = cache["blocks.1.hook_resid_post"].clone()
-    expected = _rest_of_model(tiny_llama, resid + 3.0 * v, 1, batch)
+    expected = _rest_of_model(llama, resid + 3.0 * v, 1, batch)
     steer = Steer(v, 3.0, layers=1)
-    with intervene(tiny_llama, steer):
+    with intervene(llama, steer):
         got = a.forward(batch)
     keep = batch.attention_mask.bool()  # "all" edits attended positions only
     torch.testing.assert_close(got[keep], expected[keep], atol=1e-5, rtol=1e-5)
     assert steer.n_fired == 1 and steer.n_edited == int(keep.sum())
 
 
-def test_steer_last_position_by_hand_with_right_padding(tiny_llama):
-    a = adapt(tiny_llama)
+def test_steer_last_position_by_hand_with_right_padding(llama):
+    a = adapt(llama)
     batch = a.tokenize(TEXTS, padding_side="right")
-    v = _direction(tiny_llama, 1)
-    _, cache = _cache(tiny_llama, batch)
+    v = _direction(llama, 1)
+    _, cache = _cache(llama, batch)
     resid = cache["blocks.0.hook_resid_post"].clone()
     last = batch.attention_mask.sum(1) - 1
     resid[torch.arange(len(TEXTS)), last] += 2.0 * v
-    expected = _rest_of_model(tiny_llama, resid, 0, batch)
+    expected = _rest_of_model(llama, resid, 0, batch)
     steer = Steer(v, 2.0, layers=0, positions="last")
-    with intervene(tiny_llama, steer):
+    with intervene(llama, steer):
         got = a.forward(batch)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
     assert steer.n_edited == len(TEXTS)
 
 
 @pytest.mark.parametrize("scale", ["norm", "projection"])
-def test_swap_equals_formula_by_hand(tiny_llama, scale):
-    a = adapt(tiny_llama)
+def test_swap_equals_formula_by_hand(llama, scale):
+    a = adapt(llama)
     batch = a.tokenize(TEXTS, padding_side="left")
-    vf, vt = _direction(tiny_llama, 2), _direction(tiny_llama, 3)
+    vf, vt = _direction(llama, 2), _direction(llama, 3)
     uf, ut = vf / vf.norm(), vt / vt.norm()
-    _, cache = _cache(tiny_llama, batch)
+    _, cache = _cache(llama, batch)
     h = cache["blocks.1.hook_resid_post"].clone()
     size = h.norm(dim=-1, keepdim=True) if scale == "norm" else (h @ uf)[..., None]
-    expected = _rest_of_model(tiny_llama, h + 0.3 * size * (ut - uf), 1, batch)
+    expected = _rest_of_model(llama, h + 0.3 * size * (ut - uf), 1, batch)
     swap = Swap(vf, vt, 0.3, scale=scale, layers=1)
-    with intervene(tiny_llama, swap):
+    with intervene(llama, swap):
         got = a.forward(batch)
     keep = batch.attention_mask.bool()
     torch.testing.assert_close(got[keep], expected[keep], atol=1e-5, rtol=1e-5)
@@ -104,33 +136,33 @@ def test_swap_projection_moves_component_onto_target():
     torch.testing.assert_close(out, torch.tensor([[[0.0, 2.5, 1.0]]]))
 
 
-def test_ablate_leaves_no_projection_at_the_hooked_layer(tiny_llama):
-    a = adapt(tiny_llama)
+def test_ablate_leaves_no_projection_at_the_hooked_layer(llama):
+    a = adapt(llama)
     batch = a.tokenize(TEXTS, padding_side="left")
-    v = _direction(tiny_llama, 4) * 9.0
+    v = _direction(llama, 4) * 9.0
     seen = {}
 
     def grab(x, hook):
         seen["x"] = x.clone()
 
     name = a.hook_name("resid_post", 2)
-    with intervene(tiny_llama, Ablate(v, layers=2), (name, grab)):
+    with intervene(llama, Ablate(v, layers=2), (name, grab)):
         a.forward(batch)
     u = v / v.norm()
-    before = _cache(tiny_llama, batch)[1]["blocks.2.hook_resid_post"] @ u
+    before = _cache(llama, batch)[1]["blocks.2.hook_resid_post"] @ u
     assert before.abs().max() > 0.01
     keep = batch.attention_mask.bool()
     assert (seen["x"] @ u)[keep].abs().max() < 1e-7
 
 
-def test_clamp_sets_the_component(tiny_llama):
-    a = adapt(tiny_llama)
+def test_clamp_sets_the_component(llama):
+    a = adapt(llama)
     batch = a.tokenize(TEXTS)
-    v = _direction(tiny_llama, 5)
+    v = _direction(llama, 5)
     seen = {}
     name = a.hook_name("resid_mid", 1)
     with intervene(
-        tiny_llama,
+        llama,
         Clamp(v, 2.5, layers=1, site="resid_mid", positions="last"),
         (name, lambda x, hook: seen.setdefault("x", x.clone())),
     ):
@@ -143,66 +175,66 @@ def test_clamp_sets_the_component(tiny_llama):
     torch.testing.assert_close(out @ (v / v.norm()), torch.tensor([[1.0] * 4, [-1.0] * 4]))
 
 
-def test_patch_with_own_activations_changes_nothing(tiny_llama):
-    a = adapt(tiny_llama)
+def test_patch_with_own_activations_changes_nothing(llama):
+    a = adapt(llama)
     batch = a.tokenize(TEXTS, padding_side="left")
-    logits, cache = _cache(tiny_llama, batch)
+    logits, cache = _cache(llama, batch)
     patch = Patch(cache, alpha=1.0)
-    with intervene(tiny_llama, patch):
+    with intervene(llama, patch):
         got = a.forward(batch)
     torch.testing.assert_close(got, logits)
-    assert patch.n_fired == adapt(tiny_llama).n_layers
+    assert patch.n_fired == adapt(llama).n_layers
 
 
-def test_patch_from_another_run_reproduces_it(tiny_llama):
+def test_patch_from_another_run_reproduces_it(llama):
     """Patching every position at the embedding with run B's turns run A into run B."""
-    a = adapt(tiny_llama)
+    a = adapt(llama)
     batch_a = a.tokenize(["The capital of France is", "I hated this film and"])
     g = torch.Generator().manual_seed(0)
     ids_b = torch.randint(5, a.d_vocab, batch_a.input_ids.shape, generator=g)
     batch_b = dataclasses.replace(batch_a, input_ids=ids_b)
-    logits_b, cache_b = _cache(tiny_llama, batch_b)
+    logits_b, cache_b = _cache(llama, batch_b)
     patch = Patch(cache_b, site="embed")
-    with intervene(tiny_llama, patch):
+    with intervene(llama, patch):
         got = a.forward(batch_a)
     keep = batch_a.attention_mask.bool()
     torch.testing.assert_close(got[keep], logits_b[keep], atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("side", ["left", "right"])
-def test_patch_token_level_states_round_trip(tiny_llama, side):
-    a = adapt(tiny_llama)
-    states = extract_states(tiny_llama, TEXTS, tokens="all", pool=None, progress=False)
+def test_patch_token_level_states_round_trip(llama, side):
+    a = adapt(llama)
+    states = extract_states(llama, TEXTS, tokens="all", pool=None, progress=False)
     batch = a.tokenize(TEXTS, padding_side=side)
     base = a.forward(batch)
     patch = Patch(states)
-    with intervene(tiny_llama, patch):
+    with intervene(llama, patch):
         got = a.forward(batch)
     torch.testing.assert_close(got, base, atol=1e-5, rtol=1e-5)
-    assert patch.n_edited == adapt(tiny_llama).n_layers * states.states.shape[1]
+    assert patch.n_edited == adapt(llama).n_layers * states.states.shape[1]
 
 
-def test_patch_pooled_states_at_last_token_equals_hand_edit(tiny_llama):
-    a = adapt(tiny_llama)
-    donor = extract_states(tiny_llama, ["I hated it", "Rome is", "A dog"], layers=[1])
+def test_patch_pooled_states_at_last_token_equals_hand_edit(llama):
+    a = adapt(llama)
+    donor = extract_states(llama, ["I hated it", "Rome is", "A dog"], layers=[1])
     batch = a.tokenize(TEXTS, padding_side="left")
-    _, cache = _cache(tiny_llama, batch)
+    _, cache = _cache(llama, batch)
     resid = cache["blocks.1.hook_resid_post"].clone()
     resid[:, -1] = donor.layer(1)
-    expected = _rest_of_model(tiny_llama, resid, 1, batch)
-    with intervene(tiny_llama, Patch(donor, positions="last")):
+    expected = _rest_of_model(llama, resid, 1, batch)
+    with intervene(llama, Patch(donor, positions="last")):
         got = a.forward(batch)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
 # ---------------------------------------------------------------------- batching
 @pytest.mark.parametrize("side", ["left", "right"])
-def test_padded_batch_equals_one_by_one_with_spans_and_row_directions(tiny_llama, side):
+def test_padded_batch_equals_one_by_one_with_spans_and_row_directions(llama, side):
     from semhooks import find_span
 
-    a = adapt(tiny_llama)
+    a = adapt(llama)
     words = ["France", "movie", "bank"]
-    dirs = torch.stack([_direction(tiny_llama, s) for s in range(3)])
+    dirs = torch.stack([_direction(llama, s) for s in range(3)])
     batch = a.tokenize(TEXTS, padding_side=side)
     spans = [find_span(batch, w, row=i) for i, w in enumerate(words)]
     ivs = [
@@ -210,7 +242,7 @@ def test_padded_batch_equals_one_by_one_with_spans_and_row_directions(tiny_llama
         Swap(dirs, dirs.roll(1, 0), 0.2, layers="all", positions="last"),
         Ablate(dirs.roll(2, 0), layers=1, positions="all"),
     ]
-    with intervene(tiny_llama, *ivs):
+    with intervene(llama, *ivs):
         batched = a.forward(batch)
     for i, text in enumerate(TEXTS):
         one = a.tokenize([text])
@@ -220,17 +252,17 @@ def test_padded_batch_equals_one_by_one_with_spans_and_row_directions(tiny_llama
             Swap(dirs[i], dirs.roll(1, 0)[i], 0.2, layers="all", positions="last"),
             Ablate(dirs.roll(2, 0)[i], layers=1),
         ]
-        with intervene(tiny_llama, *ivs1):
+        with intervene(llama, *ivs1):
             single = a.forward(one)[0]
         keep = batch.attention_mask[i].bool()
         torch.testing.assert_close(batched[i, keep], single, atol=2e-5, rtol=2e-5)
 
 
-def test_extract_states_under_steering_shifts_states_exactly(tiny_llama):
-    v = _direction(tiny_llama, 7)
-    plain = extract_states(tiny_llama, TEXTS, layers=[1], tokens="all", pool="mean")
-    with intervene(tiny_llama, Steer(v, 0.5, layers=1)):
-        steered = extract_states(tiny_llama, TEXTS, layers=[1], tokens="all", pool="mean")
+def test_extract_states_under_steering_shifts_states_exactly(llama):
+    v = _direction(llama, 7)
+    plain = extract_states(llama, TEXTS, layers=[1], tokens="all", pool="mean")
+    with intervene(llama, Steer(v, 0.5, layers=1)):
+        steered = extract_states(llama, TEXTS, layers=[1], tokens="all", pool="mean")
     torch.testing.assert_close(steered.layer(1) - plain.layer(1), (0.5 * v).expand(3, -1))
 
 
@@ -243,7 +275,9 @@ def test_positions_resolution():
     last = resolve_positions("last", act, info)
     assert last.nonzero().tolist() == [[0, 2], [1, 4]]
     assert resolve_positions("last", act).nonzero().tolist() == [[0, 4], [1, 4]]
-    assert resolve_positions("all", act, BatchInfo(torch.ones(2, 5))) is None
+    assert resolve_positions("all", act) is None
+    assert resolve_positions("all", act, BatchInfo(torch.ones(2, 5))).all()
+    assert resolve_positions("generated_only", act, BatchInfo(None, 5)).sum() == 0
     gen = resolve_positions("generated_only", act, info)
     assert gen.nonzero().tolist() == [[1, 3], [1, 4]]
     prompt = resolve_positions("prompt_only", act, info)
@@ -258,17 +292,17 @@ def test_positions_resolution():
         resolve_positions([[0], [1], [2]], act)
 
 
-def test_batch_context_gives_mask_to_bare_run_with_hooks(tiny_llama):
-    a = adapt(tiny_llama)
+def test_batch_context_gives_mask_to_bare_run_with_hooks(llama):
+    a = adapt(llama)
     batch = a.tokenize(TEXTS, padding_side="right")
-    v = _direction(tiny_llama)
+    v = _direction(llama)
     steer = Steer(v, 1.0, positions="last")
     name = a.hook_name("resid_post", 0)
     with batch_context(attention_mask=batch.attention_mask), torch.inference_mode():
-        got = tiny_llama.run_with_hooks(
+        got = llama.run_with_hooks(
             batch.input_ids, attention_mask=batch.attention_mask, fwd_hooks=[(name, steer)]
         )
-    with intervene(tiny_llama, Steer(v, 1.0, layers=0, positions="last")):
+    with intervene(llama, Steer(v, 1.0, layers=0, positions="last")):
         expected = a.forward(batch)
     torch.testing.assert_close(got, expected)
 
@@ -283,8 +317,8 @@ def test_direction_cast_to_activation_dtype():
     assert Steer(v).direction.dtype == torch.float32
 
 
-def test_clear_errors(tiny_llama):
-    d = adapt(tiny_llama).d_model
+def test_clear_errors(llama):
+    d = adapt(llama).d_model
     with pytest.raises(InterventionError, match="zero vector"):
         Steer(torch.zeros(d))
     with pytest.raises(InterventionError, match="non-finite"):
@@ -292,18 +326,18 @@ def test_clear_errors(tiny_llama):
     with pytest.raises(InterventionError, match="zero vector.*rows \\[1\\]"):
         Steer(torch.stack([torch.ones(d), torch.zeros(d)]))
     with pytest.raises(InterventionError, match="d_model=64"):
-        with intervene(tiny_llama, Steer(torch.ones(d + 1), layers=0)):
+        with intervene(llama, Steer(torch.ones(d + 1), layers=0)):
             pass
     with pytest.raises(ValueError, match="out of range"):
-        with intervene(tiny_llama, Steer(torch.ones(d), layers=7)):
+        with intervene(llama, Steer(torch.ones(d), layers=7)):
             pass
     with pytest.raises(InterventionError, match="no layers"):
-        with intervene(tiny_llama, Steer(torch.ones(d))):
+        with intervene(llama, Steer(torch.ones(d))):
             pass
     with pytest.raises(InterventionError, match="unknown positions"):
         Steer(torch.ones(d), positions="first")
     with pytest.raises(ValueError, match="unknown site"):
-        with intervene(tiny_llama, Steer(torch.ones(d), layers=0, site="resid")):
+        with intervene(llama, Steer(torch.ones(d), layers=0, site="resid")):
             pass
     with pytest.raises(TypeError, match="direction_"):
         Steer(object())
@@ -311,7 +345,7 @@ def test_clear_errors(tiny_llama):
         Steer(torch.ones(2, 4))(torch.zeros(3, 2, 4), None)
     with pytest.raises(InterventionError, match="size 4"):
         Steer(torch.ones(4))(torch.zeros(3, 2, 5), None)
-    assert active_hook_count(tiny_llama) == 0
+    assert active_hook_count(llama) == 0
 
 
 def test_accepts_objects_with_vector_or_direction_attribute():
@@ -327,62 +361,62 @@ def test_accepts_objects_with_vector_or_direction_attribute():
 
 
 # ---------------------------------------------------------------------- hygiene
-def test_no_hook_left_after_exception_and_nested_contexts(tiny_llama):
-    a = adapt(tiny_llama)
+def test_no_hook_left_after_exception_and_nested_contexts(llama):
+    a = adapt(llama)
     batch = a.tokenize(TEXTS)
-    v = _direction(tiny_llama)
+    v = _direction(llama)
     outer, inner = Steer(v, 1.0, layers=0), Steer(v, 1.0, layers=1)
     with pytest.raises(RuntimeError, match="boom"):
-        with intervene(tiny_llama, outer):
-            with intervene(tiny_llama, inner):
+        with intervene(llama, outer):
+            with intervene(llama, inner):
                 a.forward(batch)
                 assert outer.n_fired == 1 and inner.n_fired == 1
                 raise RuntimeError("boom")
-    assert active_hook_count(tiny_llama) == 0
-    with intervene(tiny_llama, outer):
-        with intervene(tiny_llama, inner):
+    assert active_hook_count(llama) == 0
+    with intervene(llama, outer):
+        with intervene(llama, inner):
             pass
         a.forward(batch)
         assert outer.n_fired == 2 and inner.n_fired == 1
-    assert active_hook_count(tiny_llama) == 0
+    assert active_hook_count(llama) == 0
 
     def bad_hook(x, hook):
         raise ValueError("inside the forward")
 
     with pytest.raises(ValueError, match="inside the forward"):
-        with intervene(tiny_llama, outer, (a.hook_name("resid_post", 2), bad_hook)):
+        with intervene(llama, outer, (a.hook_name("resid_post", 2), bad_hook)):
             a.forward(batch)
-    assert active_hook_count(tiny_llama) == 0
+    assert active_hook_count(llama) == 0
     outer.reset()
     assert outer.n_fired == 0 and outer.n_edited == 0
 
 
 def test_usable_in_plain_run_with_hooks(tiny_gpt2):
     a = adapt(tiny_gpt2)
-    ids = a.tokenize(["The capital of France is"]).input_ids
+    batch = a.tokenize(["The capital of France is"])
+    ids = batch.input_ids
     v = _direction(tiny_gpt2)
     steer = Steer(v, 2.0, positions="last")
     with torch.inference_mode():
         _, cache = tiny_gpt2.run_with_cache(ids)
         got = tiny_gpt2.run_with_hooks(ids, fwd_hooks=[("blocks.1.hook_resid_pre", steer)])
-    resid = cache["blocks.1.hook_resid_pre"].clone()
+    resid = cache["blocks.0.hook_resid_post"].clone()
     resid[:, -1] += 2.0 * v
-    with torch.inference_mode():
-        expected = tiny_gpt2(resid, start_at_layer=1)
+    expected = _rest_of_model(tiny_gpt2, resid, 0, batch)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
     assert steer.n_fired == 1
 
 
 # ---------------------------------------------------------------------- data and controls
-def test_to_dict_round_trip_through_json(tiny_llama):
-    a = adapt(tiny_llama)
+def test_to_dict_round_trip_through_json(llama):
+    a = adapt(llama)
     batch = a.tokenize(TEXTS, padding_side="left")
-    v = _direction(tiny_llama)
+    v = _direction(llama)
     ivs = [
         Steer(v, 2.0, layers=[0, 2], positions=[[1], [2], [3]]),
         Ablate(v, layers="all", site="resid_mid", positions="last"),
         Clamp(v, -1.0, layers=1),
-        Swap(v, _direction(tiny_llama, 9), 0.1, scale="projection", layers=-1),
+        Swap(v, _direction(llama, 9), 0.1, scale="projection", layers=-1),
         Patch(torch.randn(3, batch.input_ids.shape[1], a.d_model), layers=1),
         Placebo(Steer(v, 1.0, layers=0), seed=3),
     ]
@@ -390,9 +424,9 @@ def test_to_dict_round_trip_through_json(tiny_llama):
         data = json.loads(json.dumps(iv.to_dict()))
         back = Intervention.from_dict(data)
         assert type(back) is type(iv)
-        with intervene(tiny_llama, iv):
+        with intervene(llama, iv):
             want = a.forward(batch)
-        with intervene(tiny_llama, back):
+        with intervene(llama, back):
             got = a.forward(batch)
         torch.testing.assert_close(got, want)
 

@@ -16,13 +16,33 @@ from semhooks.steering import SteeringCurve, generate, steering_curve
 PROMPTS = ["The capital of France is", "I loved this", "The bank of the"]
 
 
+_HOOKED: dict[str, object] = {}
+
+
+@pytest.fixture(params=["bridge", "hooked"])
+def llama(request, tiny_llama):
+    """The tiny Llama on both backends: the bridge, and a HookedTransformer (TL 3.x) with the
+    same weights (skipped where TransformerLens 3.x is not installed; see .venv-tl3)."""
+    if request.param == "bridge":
+        return tiny_llama
+    from semhooks.hooked import hooked_transformer_available, hooked_transformer_from_hf
+
+    if not hooked_transformer_available():
+        pytest.skip("no HookedTransformer in this TransformerLens (run in the TL 3.x venv)")
+    if "model" not in _HOOKED:
+        _HOOKED["model"] = hooked_transformer_from_hf(
+            tiny_llama.original_model, tiny_llama.tokenizer
+        )
+    return _HOOKED["model"]
+
+
 def _direction(model, seed=0):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(adapt(model).d_model, generator=g)
 
 
-def test_generate_matches_hugging_face_greedy(tiny_llama):
-    a = adapt(tiny_llama)
+def test_generate_matches_hugging_face_greedy(llama, tiny_llama):
+    a = adapt(llama)
     batch = a.tokenize(PROMPTS, padding_side="left")
     hf = tiny_llama.original_model
     ref = hf.generate(
@@ -34,32 +54,32 @@ def test_generate_matches_hugging_face_greedy(tiny_llama):
         pad_token_id=a.pad_token_id,
     )
     expected = [a.tokenizer.decode(r[batch.input_ids.shape[1] :]) for r in ref]
-    got = generate(tiny_llama, PROMPTS, max_new_tokens=6, stop_at_eos=False)
+    got = generate(llama, PROMPTS, max_new_tokens=6, stop_at_eos=False)
     if a.tokenizer.eos_token_id is None:
         assert got == expected
     else:  # our texts stop at the first EOS; compare up to it
         assert all(e.startswith(g) for g, e in zip(got, expected, strict=True))
 
 
-def test_generated_only_positions_are_exact(tiny_llama):
-    v = _direction(tiny_llama) * 50
+def test_generated_only_positions_are_exact(llama):
+    v = _direction(llama) * 50
     n, b = 5, len(PROMPTS)
-    base = generate(tiny_llama, PROMPTS, max_new_tokens=n, stop_at_eos=False)
+    base = generate(llama, PROMPTS, max_new_tokens=n, stop_at_eos=False)
     later = Steer(v, 1.0, layers=[0, 1], positions="generated_only")
-    steered = generate(tiny_llama, PROMPTS, later, max_new_tokens=n, stop_at_eos=False)
+    steered = generate(llama, PROMPTS, later, max_new_tokens=n, stop_at_eos=False)
     # Step 0 sees prompt columns only, so the first token cannot change; each later step
     # edits every generated column of every row at both layers.
     assert later.n_fired == 2 * (n - 1)
     assert later.n_edited == 2 * b * sum(range(n))
-    first_tok = adapt(tiny_llama).tokenizer
+    first_tok = adapt(llama).tokenizer
     for s, t in zip(steered, base, strict=True):
         assert first_tok(s)["input_ids"][:1] == first_tok(t)["input_ids"][:1]
     assert steered != base
     early = Steer(v, 1.0, layers=0, positions="prompt_only")
-    generate(tiny_llama, PROMPTS, early, max_new_tokens=n, stop_at_eos=False)
-    batch = adapt(tiny_llama).tokenize(PROMPTS, padding_side="left")
+    generate(llama, PROMPTS, early, max_new_tokens=n, stop_at_eos=False)
+    batch = adapt(llama).tokenize(PROMPTS, padding_side="left")
     assert early.n_fired == n and early.n_edited == n * int(batch.attention_mask.sum())
-    assert active_hook_count(tiny_llama) == 0
+    assert active_hook_count(llama) == 0
 
 
 def test_generate_errors(tiny_llama, tiny_bert):
@@ -71,10 +91,10 @@ def test_generate_errors(tiny_llama, tiny_bert):
         generate(tiny_llama, PROMPTS, max_new_tokens=10**6)
 
 
-def test_steering_curve_on_tiny_model(tiny_llama, tmp_path):
-    v = _direction(tiny_llama, 3)
+def test_steering_curve_on_tiny_model(llama, tmp_path):
+    v = _direction(llama, 3)
     curve = steering_curve(
-        tiny_llama, PROMPTS, Steer(v, layers=1), [-2.0, 0.0, 2.0], [" Paris", " movie"]
+        llama, PROMPTS, Steer(v, layers=1), [-2.0, 0.0, 2.0], [" Paris", " movie"]
     )
     assert isinstance(curve, SteeringCurve)
     assert curve.prob[1] == pytest.approx(curve.baseline_prob, abs=1e-7)
@@ -89,13 +109,13 @@ def test_steering_curve_on_tiny_model(tiny_llama, tmp_path):
     assert main > 0 and ctrl is not None
 
 
-def test_steering_curve_oracle_against_manual_forward(tiny_llama):
+def test_steering_curve_oracle_against_manual_forward(llama):
     """The curve's numbers equal a hand-run forward under the same intervention."""
-    a = adapt(tiny_llama)
-    v = _direction(tiny_llama, 4)
+    a = adapt(llama)
+    v = _direction(llama, 4)
     targets, contrast = [" Paris", " Berlin"], [" movie"]
     curve = steering_curve(
-        tiny_llama,
+        llama,
         PROMPTS,
         Ablate(v, layers="all"),
         [0.5],
@@ -107,20 +127,20 @@ def test_steering_curve_oracle_against_manual_forward(tiny_llama):
     assert curve.control_prob is None
     t_ids = [a.tokenizer(t, add_special_tokens=False)["input_ids"][0] for t in targets]
     c_ids = [a.tokenizer(t, add_special_tokens=False)["input_ids"][0] for t in contrast]
-    with intervene(tiny_llama, Ablate(v, 0.5, layers="all")):
+    with intervene(llama, Ablate(v, 0.5, layers="all")):
         logits = a.forward(a.tokenize(PROMPTS, padding_side="left"))[:, -1]
     prob = logits.softmax(-1)[:, t_ids].sum(-1).mean()
     diff = (logits[:, t_ids].mean(-1) - logits[:, c_ids].mean(-1)).mean()
     assert curve.prob[0] == pytest.approx(float(prob), abs=1e-6)
     assert curve.logit_diff[0] == pytest.approx(float(diff), abs=1e-5)
     placebo_curve = steering_curve(
-        tiny_llama, PROMPTS, Ablate(v, layers=1), [1.0], targets, control="placebo"
+        llama, PROMPTS, Ablate(v, layers=1), [1.0], targets, control="placebo"
     )
     assert placebo_curve.control["type"] == "Placebo"
     with pytest.raises(ValueError, match="control must be"):
-        steering_curve(tiny_llama, PROMPTS, Ablate(v, layers=1), [1.0], targets, control="x")
+        steering_curve(llama, PROMPTS, Ablate(v, layers=1), [1.0], targets, control="x")
     with pytest.raises(ValueError, match="alphas is empty"):
-        steering_curve(tiny_llama, PROMPTS, Ablate(v, layers=1), [], targets)
+        steering_curve(llama, PROMPTS, Ablate(v, layers=1), [], targets)
 
 
 # ---------------------------------------------------------------------- real model
