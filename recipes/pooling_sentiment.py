@@ -24,14 +24,9 @@ class PoolingSentimentConfig(RecipeConfig):
 
 
 def _dataset(name: str, n: int | None, seed: int) -> Any:
-    from semhooks.datasets import load_sentiment, load_sst2
+    from semhooks.datasets import load_sentiment
 
-    if name == "sst2-train":
-        data = load_sst2("train_sample")
-    elif name == "sst2-dev":
-        data = load_sst2("dev")
-    else:
-        data = load_sentiment(name)
+    data = load_sentiment("sst2-train_sample" if name == "sst2-train" else name)
     return data.subsample(n, seed) if n is not None and n < len(data) else data
 
 
@@ -47,10 +42,10 @@ def _check(config: PoolingSentimentConfig, ctx: RunContext) -> None:
     bad = [p for p in config.poolings if p not in POOLINGS]
     if bad:
         raise ConfigError(f"poolings: unknown {bad}; choose from {list(POOLINGS)}")
-    for key in ("train", "test", *config.transfer):
+    for key in (config.train, config.test, *config.transfer):
         try:
-            _dataset(key if key in ("sst2-train", "sst2-dev") else key, 2, 0)
-        except (ValueError, KeyError) as exc:
+            _dataset(key, None, 0)
+        except (ValueError, KeyError, FileNotFoundError) as exc:
             raise ConfigError(f"dataset {key!r}: {exc}") from exc
     if config.layers is not None:
         try:
