@@ -24,6 +24,7 @@ writes ``docs/results/emergence_{entities,sentences}.json`` and ``.png``.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -84,7 +85,7 @@ def benchmark(args: argparse.Namespace) -> None:
         wall = time.perf_counter() - w0
         res.save(RESULTS / f"emergence_benchmark_{name}.json")
         validation = validate_estimator(
-            lambda name=name: make_estimator(name), dims=[32], mi_values=[0.0, 2.0, 4.0, 8.0],
+            functools.partial(make_estimator, name), dims=[32], mi_values=[0.0, 2.0, 4.0, 8.0],
             n=args.n, seed=0, name=name,
         )  # fmt: skip
         errors = [r.error_bits for r in validation]
