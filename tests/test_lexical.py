@@ -81,7 +81,14 @@ SPAN_CASES = [
 ]
 
 
-@pytest.mark.parametrize("arch", ["tiny_gpt2", "smollm2", "minilm"])
+@pytest.mark.parametrize(
+    "arch",
+    [
+        "tiny_gpt2",
+        pytest.param("smollm2", marks=pytest.mark.real),
+        pytest.param("minilm", marks=pytest.mark.real),
+    ],
+)
 def test_target_span_maps_to_exactly_the_word_tokens(arch, request):
     model = request.getfixturevalue(arch)
     adapter = semhooks.adapt(model)
@@ -400,11 +407,16 @@ def test_study_and_vectors_refuse_bad_inputs(tiny_llama, tmp_path):
 
 
 @pytest.mark.real
+@pytest.mark.slow
 def test_smollm2_wic_best_layer_is_clearly_above_chance(smollm2):
-    # 200 dev pairs, thresholds on 300 train pairs, repeat variant, layers 0..12 (the pass
-    # stops after layer 12). Measured: best dev accuracy REPLACE_ME; asserted with a margin.
+    # 200 seeded dev pairs, grid thresholds chosen on 300 seeded train pairs, repeat variant,
+    # layers 4..10 (the pass stops after layer 10). Measured (CPU, torch 2.13): 55.5, 59.0,
+    # 62.5, 61.0% at layers 4, 6, 8, 10 (full dev: see docs/results/lexical_pooling.md);
+    # asserted with a margin of about 1.3 standard errors (n = 200).
     r = wic_study(
-        smollm2, n_fit=300, n_eval=200, variants=["repeat"], layers=list(range(0, 13, 2)),
+        smollm2, n_fit=300, n_eval=200, variants=["repeat"], layers=[4, 6, 8, 10],
         probe=False, progress=False, batch_size=32,
     )  # fmt: skip
+    assert r.protocol["n_eval"] == 200
     assert max(r.accuracy["repeat"]) > 0.58
+    assert r.best_layer["repeat"] in (6, 8, 10)

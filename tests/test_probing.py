@@ -218,9 +218,10 @@ def test_study_refuses_bad_inputs(tiny_llama):
 
 
 @pytest.mark.real
+@pytest.mark.slow
 def test_smollm2_mean_pooling_middle_layer_beats_chance_on_sst2(smollm2):
-    # 300 SST-2 training sentences, 300 dev sentences, layer 15 of 30, mean pooling.
-    # Measured: REPLACE_ME; asserted with a margin.
+    # 300 balanced SST-2 training rows, 300 balanced dev sentences, layer 15 of 30.
+    # Measured (CPU): mean 79.3% [74.4, 83.5], last 84.0%, max 70.7%; chance is 50%.
     r = pooling_study(
         smollm2,
         load_sst2("train_sample", limit=300),
@@ -232,4 +233,5 @@ def test_smollm2_mean_pooling_middle_layer_beats_chance_on_sst2(smollm2):
         progress=False,
         batch_size=32,
     )
-    assert r.matrix()[0, 0] > 0.7
+    assert r.matrix()[0, 0] > 0.72
+    assert r.matrix(key="ci_low")[0, 0] > 0.6
