@@ -472,3 +472,92 @@ def test_guard_bad_arguments(tiny_llama):
     with pytest.raises(TypeError, match="TransformerLens model"):
         FiniteGuard().fwd_hooks(object())
     assert leaked_hooks(tiny_llama) == 0
+
+
+# ---------------------------------------------------------------------- determinism
+def _twice(make, scramble: bool = True):
+    """Run ``make()`` twice, disturbing the global RNGs in between (results must not care)."""
+    import random
+
+    import numpy as np
+
+    first = make()
+    if scramble:
+        torch.manual_seed(12345)
+        torch.rand(17)
+        np.random.seed(777)
+        np.random.rand(5)
+        random.seed(3)
+    return first, make()
+
+
+def _toy_relation():
+    from semhooks.relations.prompts import RelationPrompt
+
+    subjects = ["France", "Italy", "Spain", "Germany", "Paris", "Rome"]
+    return [
+        RelationPrompt(f"The capital of {s} is", s, o, "toy")
+        for s, o in zip(subjects, ["Cat", "Dog"] * 3, strict=True)
+    ]
+
+
+def test_same_seed_gives_bit_identical_lres_and_concepts(tiny_llama):
+    from semhooks.relations.lrc import LRC
+    from semhooks.relations.lre import LRE
+
+    prompts = _toy_relation()
+    exact = _twice(lambda: LRE(0, 2, progress=False).fit(tiny_llama, prompts))
+    assert torch.equal(exact[0].weight_, exact[1].weight_)
+    assert torch.equal(exact[0].bias_, exact[1].bias_)
+    sketch = _twice(
+        lambda: LRE(0, 2, method="randomized", rank=6, seed=4, progress=False).fit(
+            tiny_llama, prompts
+        )
+    )
+    assert torch.equal(sketch[0].weight_, sketch[1].weight_)
+    other = LRE(0, 2, method="randomized", rank=6, seed=5, progress=False).fit(tiny_llama, prompts)
+    assert not torch.equal(other.weight_, sketch[0].weight_)  # the seed is used
+    lrcs = _twice(
+        lambda: LRC(0, 2, rank=8, n_lre_prompts=4, seed=1, progress=False).fit(tiny_llama, prompts)
+    )
+    assert lrcs[0].classes_ == lrcs[1].classes_
+    assert torch.equal(torch.as_tensor(lrcs[0].vectors_), torch.as_tensor(lrcs[1].vectors_))
+
+
+def test_same_seed_gives_bit_identical_probes_and_directions(tiny_gpt2):
+    import numpy as np
+
+    from semhooks import AttentionPooler
+    from semhooks.directions import MeanDifference, PCADirection, ProbeDirection
+
+    texts = [f"{w} movie number {i}" for i, w in enumerate(["wonderful", "boring"] * 8)]
+    labels = np.array([1, 0] * 8)
+    states = sh.extract_states(tiny_gpt2, texts, layers=[1], progress=False)
+    again = sh.extract_states(tiny_gpt2, texts, layers=[1], progress=False)
+    assert torch.equal(states.states, again.states)
+    for make in (ProbeDirection, MeanDifference, PCADirection):
+        a, b = _twice(lambda make=make: make(layer=1).fit(states, labels))
+        assert np.array_equal(np.asarray(a.direction_), np.asarray(b.direction_)), make
+    tokens = sh.extract_states(
+        tiny_gpt2, texts, layers=[1], tokens="all", pool=None, progress=False
+    )
+    pools = _twice(lambda: AttentionPooler(epochs=5, seed=3, progress=False).fit(tokens, labels))
+    sa, sb = (p.state_dict() if hasattr(p, "state_dict") else vars(p) for p in pools)
+    for key, value in sa.items():
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(value, sb[key]), key
+
+
+def test_same_seed_gives_bit_identical_mi_estimates():
+    from semhooks.mi import MINE, GaussianMI, InfoNCE, correlated_gaussians
+
+    x, y, _ = correlated_gaussians(400, 4, 1.0, seed=0)
+    for make in (
+        lambda s=0: MINE(seed=s, max_steps=20, eval_every=10, hidden=16, batch_size=128),
+        lambda s=0: InfoNCE(seed=s, max_steps=60, eval_every=20, hidden=32, batch_size=128),
+    ):
+        a, b = _twice(lambda make=make: make().fit(x, y))
+        assert a.mi_ == b.mi_ and (a.history_ == b.history_).all()
+        assert make(1).fit(x, y).mi_ != a.mi_  # the seed is used
+    g = _twice(lambda: GaussianMI().fit(x, y))
+    assert g[0].mi_ == g[1].mi_
