@@ -1,3 +1,10 @@
 """Importing this module registers semhooks' built-in recipes."""
 
-from recipes import concept_steering, lexical_layers, pooling_sentiment  # noqa: F401
+from recipes import (  # noqa: F401
+    concept_steering,
+    emergence_profile,
+    lexical_layers,
+    pooling_sentiment,
+    quickstart,
+    relation_concepts,
+)

@@ -1,0 +1,86 @@
+"""Recipe ``quickstart``: a fast tour on SmolLM2 (under 5 minutes on 2 CPU cores).
+
+Per-layer states -> lexical semantics by layer (WiC, small) -> a steering direction with
+its random control -> one relation's concepts (randomized Jacobians) -> information
+emergence on entity lists (Gaussian MI).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from recipes.core import RecipeConfig, RunContext, register
+
+
+@dataclass
+class QuickstartConfig(RecipeConfig):
+    wic_pairs: int = 80
+    relation: str = "country_capital_city"
+    emergence_lists: int = 300
+
+
+def _steps(config: QuickstartConfig) -> list[tuple[str, str, Any]]:
+    from recipes.concept_steering import ConceptSteeringConfig
+    from recipes.emergence_profile import EmergenceProfileConfig
+    from recipes.lexical_layers import LexicalLayersConfig
+    from recipes.relation_concepts import RelationConceptsConfig
+
+    common: dict[str, Any] = {
+        "model": config.model,
+        "seed": config.seed,
+        "progress": config.progress,
+    }
+    return [
+        ("wic", "lexical-layers", LexicalLayersConfig(
+            **common, encoder=None, variants=["repeat"], n_fit=config.wic_pairs,
+            n_eval=config.wic_pairs, probe=False)),
+        ("steering", "concept-steering", ConceptSteeringConfig(
+            **common, alphas=[-4.0, 0.0, 4.0], max_new_tokens=6,
+            prompts=["The movie was", "My day has been"])),
+        ("relation", "relation-concepts", RelationConceptsConfig(
+            **common, relations=[config.relation], rank=50, max_prompts=40, n_lre_prompts=10)),
+        ("emergence", "emergence-profile", EmergenceProfileConfig(
+            **common, n=config.emergence_lists, k=6, estimator="gaussian", reduce_dim=16)),
+    ]  # fmt: skip
+
+
+def _check(config: QuickstartConfig, ctx: RunContext) -> None:
+    from recipes.core import get_recipe
+
+    for _, recipe_name, sub_config in _steps(config):
+        recipe = get_recipe(recipe_name)
+        if recipe.check is not None:
+            recipe.check(sub_config, ctx)
+
+
+@register("quickstart", QuickstartConfig, check=_check)
+def quickstart(config: QuickstartConfig, ctx: RunContext) -> dict[str, Any]:
+    """A five-minute tour: states, WiC by layer, steering, relation concepts, emergence."""
+    import time
+
+    import semhooks as sh
+    from recipes.core import get_recipe
+    from semhooks.cli import SUMMARY_TEXTS
+
+    summary: dict[str, Any] = {}
+    tables: list[str] = []
+    seconds: dict[str, float] = {}
+    t = time.perf_counter()
+    states = ctx.cached_states(
+        "summary_states",
+        lambda: sh.extract_states(
+            ctx.model, SUMMARY_TEXTS, tokens="last", pool="last", progress=False
+        ),
+    )
+    summary["last_layer_mean_norm"] = float(states.states[-1].norm(dim=-1).mean())
+    seconds["states"] = time.perf_counter() - t
+    for name, recipe_name, sub_config in _steps(config):
+        t = time.perf_counter()
+        sub = get_recipe(recipe_name).run(sub_config, ctx)
+        seconds[name] = time.perf_counter() - t
+        for k, v in sub["summary"].items():
+            summary[f"{name}.{k}"] = v
+        tables += [f"## {name}\n\n{tab}" for tab in sub.get("tables", [])]
+    summary.update({f"seconds.{k}": round(v, 1) for k, v in seconds.items()})
+    return {"summary": summary, "tables": tables}

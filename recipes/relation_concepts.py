@@ -1,0 +1,100 @@
+"""Recipe ``relation-concepts``: validate -> LRE -> LRC -> classification vs baselines -> causal swap."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from recipes.core import ConfigError, RecipeConfig, RunContext, register
+
+
+@dataclass
+class RelationConceptsConfig(RecipeConfig):
+    relations: list[str] = field(
+        default_factory=lambda: ["country_capital_city", "country_language", "fruit_inside_color"]
+    )
+    subject_layer: int = 15
+    object_layer: int = 29
+    rank: int = 100
+    n_shot: int = 3
+    method: str = "randomized"
+    n_lre_prompts: int = 20
+    max_prompts: int | None = 60
+    alpha: float = 0.05
+    causality: bool = True
+
+
+def _check(config: RelationConceptsConfig, ctx: RunContext) -> None:
+    import semhooks as sh
+    from semhooks.relations import list_relations
+
+    known = set(list_relations())
+    bad = [r for r in config.relations if r not in known]
+    if bad:
+        raise ConfigError(f"relations: unknown {bad}; see semhooks.relations.list_relations()")
+    a = sh.adapt(ctx.model)
+    for key in ("subject_layer", "object_layer"):
+        try:
+            a.resolve_layers(getattr(config, key))
+        except ValueError as exc:
+            raise ConfigError(f"{key}: {exc}") from exc
+    if not 0 < config.rank <= a.d_model:
+        raise ConfigError(f"rank: must be in 1..d_model={a.d_model}, got {config.rank}")
+    if config.method not in ("exact", "randomized"):
+        raise ConfigError(f"method: expected 'exact' or 'randomized', got {config.method!r}")
+
+
+@register("relation-concepts", RelationConceptsConfig, check=_check)
+def relation_concepts(config: RelationConceptsConfig, ctx: RunContext) -> dict[str, Any]:
+    """LRCs (Chanin et al. 2024) per relation: accuracy and causality vs baselines."""
+    from semhooks.relations import evaluate_relation, table_markdown
+
+    evaluations = []
+    rows: dict[str, Any] = {}
+    for name in config.relations:
+
+        def run(name: str = name) -> dict[str, Any]:
+            try:
+                ev = evaluate_relation(
+                    ctx.model,
+                    name,
+                    subject_layer=config.subject_layer,
+                    object_layer=config.object_layer,
+                    rank=config.rank,
+                    n_shot=config.n_shot,
+                    method=config.method,  # type: ignore[arg-type]
+                    n_lre_prompts=config.n_lre_prompts,
+                    max_prompts=config.max_prompts,
+                    alpha=config.alpha,
+                    causality=config.causality,
+                    seed=config.seed,
+                    progress=ctx.progress,
+                )
+            except ValueError as exc:
+                return {"skipped": str(exc)}
+            return {
+                "table": table_markdown([ev], by_category=False),
+                "rows": ev.rows,
+                "n_valid": ev.n_valid,
+                "n_prompts": ev.n_prompts,
+                "n_test": ev.n_test,
+                "faithfulness": ev.faithfulness,
+                "category": ev.category,
+            }
+
+        result = ctx.cached_json(f"relation_{name}", run)
+        rows[name] = result
+        if "rows" in result:
+            evaluations.append(result)
+    summary: dict[str, Any] = {}
+    for name, res in rows.items():
+        if "rows" not in res:
+            summary[f"{name}_skipped"] = res["skipped"][:80]
+            continue
+        by = {r["method"]: r for r in res["rows"]}
+        for method, r in by.items():
+            summary[f"{name}_{method}_accuracy"] = r["accuracy"]
+            if r.get("causality") is not None:
+                summary[f"{name}_{method}_causality"] = r["causality"]
+        summary[f"{name}_n_test"] = res["n_test"]
+    return {"summary": summary, "tables": [res["table"] for res in evaluations], "relations": rows}
