@@ -206,6 +206,46 @@ def test_model_factory_is_built_on_each_rank(tmp_path):
     assert built == [1] and out.complete and out.load().states.shape == (2, 5, 32)
 
 
+def _prompts():
+    from semhooks.relations.prompts import RelationPrompt
+
+    subjects = ["France", "Italy", "Spain", "Germany", "Paris"]
+    return [
+        RelationPrompt(f"The capital of {s} is", s, o, "toy")
+        for s, o in zip(subjects, ["Cat", "Dog", "Cat", "Dog", "Cat"], strict=True)
+    ]
+
+
+def _fitted(lre) -> dict:
+    skip = {"fit_seconds_", "provenance_"}
+    return {k: v for k, v in vars(lre).items() if k.endswith("_") and k not in skip}
+
+
+def test_distributed_jacobians_and_lre_equal_single_process_in_a_world_of_one(tiny_llama):
+    from semhooks.relations.jacobian import mean_jacobian
+    from semhooks.relations.lre import LRE
+
+    prompts = _prompts()
+    ref = mean_jacobian(tiny_llama, prompts, 0, 2, progress=False)
+    got = dist_mod.mean_jacobian_distributed(tiny_llama, prompts, 0, 2, progress=False)
+    for field in ("weight", "subject_states", "object_states", "js"):
+        assert torch.equal(getattr(got, field), getattr(ref, field)), field
+    single = LRE(0, 2, progress=False).fit(tiny_llama, prompts)
+    dp = dist_mod.fit_lre_distributed(LRE(0, 2, progress=False), tiny_llama, prompts)
+    a, b = _fitted(single), _fitted(dp)
+    assert a.keys() == b.keys()  # fit_lre_distributed sets what LRE.fit sets
+    for key in a:
+        same = torch.equal(a[key], b[key]) if isinstance(a[key], torch.Tensor) else a[key] == b[key]
+        assert same, key
+    torch.testing.assert_close(dp.predict(ref.subject_states), single.predict(ref.subject_states))
+    with pytest.raises(ValueError, match="method='exact'"):
+        dist_mod.fit_lre_distributed(
+            LRE(0, 2, method="randomized", rank=4, progress=False), tiny_llama, prompts
+        )
+    with pytest.raises(DistributedError, match="no prompts"):
+        dist_mod.mean_jacobian_distributed(tiny_llama, [], 0, 2)
+
+
 # ---------------------------------------------------------------------- real processes
 _WORKER = textwrap.dedent(
     """
@@ -222,12 +262,22 @@ _WORKER = textwrap.dedent(
         factory, texts, out, tokens="all", pool="mean", shard_size=4, progress=False
     )
     info = launch_info()
+    from semhooks.distributed import fit_lre_distributed
+    from semhooks.relations.lre import LRE
+    from semhooks.relations.prompts import RelationPrompt
+
+    prompts = [
+        RelationPrompt(f"The capital of {{s}} is", s, o, "toy")
+        for s, o in zip(["France", "Italy", "Spain", "Germany", "Paris"], ["Cat", "Dog"] * 3)
+    ]
+    lre = fit_lre_distributed(LRE(0, 2, progress=False), factory, prompts)
     if info["rank"] == 0:
         model = factory()
         ref = sh.extract_states(
             model, texts, tokens="all", pool="mean", out_dir=ref_dir, shard_size=4, progress=False
         )
         in_memory = sh.extract_states(model, texts, tokens="all", pool="mean", progress=False)
+        single = LRE(0, 2, progress=False).fit(model, prompts)
         got = merged.load().states
         shards = merged.manifest["shards"]
         result = dict(
@@ -236,6 +286,10 @@ _WORKER = textwrap.dedent(
             close_in_memory=bool(torch.allclose(got, in_memory.states, atol=1e-6, rtol=1e-5)),
             ranks=[sh.LayerStates.load(merged.folder / s["file"]).provenance["rank"] for s in shards],
             shape=list(got.shape),
+            lre_equal=bool(
+                torch.equal(lre.weight_, single.weight_) and torch.equal(lre.bias_, single.bias_)
+            ),
+            lre_world=lre.provenance_["world_size"],
         )
         json.dump(result, open(result_path, "w"))
     """
@@ -281,5 +335,6 @@ def test_two_gloo_processes_under_accelerate_launch_match_single_process(tmp_pat
     assert result["equal_sharded"], "merged != single-process shards (torch.equal)"
     assert result["close_in_memory"]
     assert result["shape"] == [3, len(TEXTS), 64]
+    assert result["lre_equal"] and result["lre_world"] == 2  # LRE: Jacobians over 2 ranks
     assert not list((tmp_path / "dp").glob("manifest-rank*"))
     assert not list(Path(tmp_path / "dp").glob("*.tmp"))
