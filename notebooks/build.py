@@ -155,12 +155,130 @@ print("max |projection| after ablation:", float((after.layer(10) @ u).abs().max(
 )
 
 
+notebook(
+    "02_lexical_layers",
+    md("""
+# Where lexical semantics lives: WiC, layer by layer
+
+Liu et al. 2024: the target word's vector in each sentence, cosine similarity, a threshold
+chosen on one split and accuracy on another. Small sizes here; `semhooks run lexical-layers`
+runs the full study.
+"""),
+    code("""
+import warnings; warnings.filterwarnings("ignore")
+import semhooks as sh
+model = sh.load_model("smollm2-135m")
+res = sh.wic_study(model, variants=["repeat", "last"], n_fit=100, n_eval=100, probe=False, progress=False)
+print(res.table())
+res.plot();
+"""),
+    md("The same for the encoder (MiniLM), drawn beside the decoder:"),
+    code("""
+enc = sh.wic_study(sh.load_model("minilm-l6"), variants=["repeat", "last"], n_fit=100, n_eval=100,
+                   probe=False, progress=False)
+res.plot(enc);
+"""),
+)
+
+notebook(
+    "03_vocab_semantics",
+    md("""
+# Vocabulary-defined semantics
+
+Semantic basis `s_i = G^-1 u_i` from the unembedding, semantic logits over label words, a
+vocabulary lens, and semantic calibration (Gu et al. 2024).
+"""),
+    code("""
+import warnings; warnings.filterwarnings("ignore")
+import torch, semhooks as sh
+from semhooks import vocab
+model = sh.load_model("smollm2-135m")
+ids, toks = vocab.label_token_ids(model, ["positive", "negative"])
+basis = vocab.semantic_basis(model, ids)
+ref = vocab.semantic_basis(model, ids, method="pinv", cache=False)
+print(toks, "max |gram - pinv| =", float((basis.vectors - ref.vectors).abs().max()))
+"""),
+    code("""
+lens = vocab.vocab_lens(model, ["The capital of France is"], layers=[10, 20, 25, 29])
+print(lens.table())
+"""),
+    code("""
+from semhooks.calibration import calibration_study
+train = sh.load_sst2("train_sample").subsample(200, 0)
+test = sh.load_sst2("dev").subsample(100, 0)
+res = calibration_study(model, train, test, ["negative", "positive"], k_shot=2, icl_limit=40, progress=False)
+print(res.table() if hasattr(res, "table") else res)
+"""),
+)
+
+notebook(
+    "04_relations_lre_lrc",
+    md("""
+# Linear relational embeddings and concepts
+
+Validated 3-shot prompts, an LRC fit with randomized low-rank Jacobians, classification of
+held-out subjects, and a concept swap.
+"""),
+    code("""
+import warnings; warnings.filterwarnings("ignore")
+import semhooks as sh
+from semhooks.relations import build_prompts, validate, split, LRC
+model = sh.load_model("smollm2-135m")
+prompts = build_prompts("country_capital_city", n_shot=3)[:30]
+report = validate(model, prompts, progress=False)
+print(report.summary())
+train, test = split(report.kept, 0.5, seed=0)
+lrc = LRC(subject_layer=15, object_layer=29, rank=50, method="randomized", n_lre_prompts=10, progress=False)
+lrc.fit(model, train)
+print("held-out accuracy:", lrc.score(model, test))
+"""),
+    code("""
+from semhooks.relations import causal_swap
+swap = causal_swap(lrc, model, test[:6], alpha=0.05)
+print(swap)
+"""),
+)
+
+notebook(
+    "06_information_emergence",
+    md("""
+# Information emergence
+
+IE(l, t) = MI(macro) - mean MI(micro) per block and position (Chen et al. 2024), with the
+ceiling log2(#distinct inputs) beside every estimate. The Gaussian estimator keeps this fast;
+MINE and InfoNCE are in `semhooks.mi`.
+"""),
+    code("""
+import warnings; warnings.filterwarnings("ignore")
+import semhooks as sh
+from semhooks.emergence import entity_lists, information_emergence
+model = sh.load_model("smollm2-135m")
+lists = entity_lists(k=5, n=200, model=model)
+res = information_emergence(model, lists, "gaussian", layers=[0, 5, 10, 15, 20, 25, 29],
+                            reduce_dim=8, progress=False)
+print(res.table())
+res.plot();
+"""),
+    code("""
+from semhooks.mi import GaussianMI, correlated_gaussians
+x, y, true_bits = correlated_gaussians(2000, 16, 2.0, seed=0)
+print("true", true_bits, "Gaussian estimate", GaussianMI().fit(x, y).mi_)
+"""),
+)
+
+
 def main() -> None:
     for name, cells in NOTEBOOKS.items():
         nb = nbformat.v4.new_notebook()
-        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        nb.metadata["kernelspec"] = {
+            "name": "python3",
+            "display_name": "Python 3",
+            "language": "python",
+        }
         nb.cells = [
-            nbformat.v4.new_markdown_cell(src) if kind == "markdown" else nbformat.v4.new_code_cell(src)
+            nbformat.v4.new_markdown_cell(src)
+            if kind == "markdown"
+            else nbformat.v4.new_code_cell(src)
             for kind, src in cells
         ]
         nbformat.write(nb, HERE / f"{name}.ipynb")
