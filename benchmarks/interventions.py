@@ -103,6 +103,30 @@ def main() -> None:
     print(f"{'variant':32s} {'median ms':>10s} {'ratio':>7s}")
     for name in variants:
         print(f"{name:32s} {1000 * med[name]:10.2f} {ratio[name]:7.3f}")
+    # Noise-free view of the same overhead: the hooks alone on an activation of this shape
+    # (the forward's own time swings with machine load; these calls take microseconds).
+    act = torch.randn(*full.input_ids.shape, d, device=args.device)
+    micro = {
+        "steer_1_layer_all": (Steer(v, 2.0), 1),
+        "swap_all_layers_last": (Swap(v, w, 0.05, positions="last"), adapter.n_layers),
+        "swap_all_layers_all": (Swap(v, w, 0.05), adapter.n_layers),
+    }
+    print(f"{'hooks alone':32s} {'ms/call':>10s} {'x calls / bare':>15s}")
+    micro_ratio = {}
+    for name, (iv, calls) in micro.items():
+        with torch.inference_mode():
+            for _ in range(3):
+                iv(act, None)
+            sync()
+            ts = []
+            for _ in range(30):
+                t0 = time.perf_counter()
+                iv(act, None)
+                sync()
+                ts.append(time.perf_counter() - t0)
+        per = statistics.median(ts)
+        micro_ratio[name] = 1 + calls * per / med["bare"]
+        print(f"{name:32s} {1000 * per:10.3f} {micro_ratio[name]:15.4f}")
     target = ratio["steer_1_layer_all"]
     print(
         f"one Steer at one layer: {target:.3f} x bare (target <= 1.05): "
@@ -110,7 +134,16 @@ def main() -> None:
     )
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"median_s": med, "ratio": ratio, "args": vars(args)}, fh, indent=2)
+            json.dump(
+                {
+                    "median_s": med,
+                    "ratio": ratio,
+                    "hook_only_ratio": micro_ratio,
+                    "args": vars(args),
+                },
+                fh,
+                indent=2,
+            )
 
 
 if __name__ == "__main__":

@@ -47,6 +47,10 @@ Positions (``positions=``):
 
 Directions may be ``[d_model]`` (every row) or ``[batch, d_model]`` (one per row); they are
 stored in float32 and cast to the activation's device and dtype when the hook runs.
+
+Controls: :func:`random_control` is the same intervention with a random direction of equal
+norm (seeded); :func:`placebo` keeps the size of the edit at every position and replaces its
+direction with a fixed random one (any intervention, including :class:`Patch`).
 """
 
 from __future__ import annotations
@@ -205,6 +209,11 @@ def _unit(v: Tensor) -> Tensor:
 def _tensor_to_data(x: Any) -> Any:
     if isinstance(x, Tensor):
         return {"__tensor__": x.detach().cpu().tolist(), "dtype": str(x.dtype).split(".")[-1]}
+    if type(x).__name__ == "LayerStates":
+        fields = ("states", "layers", "site", "pool", "tokens", "item_index", "positions")
+        return {"__layer_states__": {k: _tensor_to_data(getattr(x, k)) for k in fields}}
+    if not isinstance(x, (dict, str)) and hasattr(x, "keys") and hasattr(x, "__getitem__"):
+        return {str(k): _tensor_to_data(x[k]) for k in x.keys()}  # an ActivationCache
     if isinstance(x, range):
         return list(x)
     if isinstance(x, (list, tuple)):
@@ -217,6 +226,10 @@ def _tensor_to_data(x: Any) -> Any:
 def _data_to_tensor(x: Any) -> Any:
     if isinstance(x, dict) and "__tensor__" in x:
         return torch.tensor(x["__tensor__"], dtype=getattr(torch, x.get("dtype", "float32")))
+    if isinstance(x, dict) and "__layer_states__" in x:
+        from semhooks.states import LayerStates
+
+        return LayerStates(**{k: _data_to_tensor(v) for k, v in x["__layer_states__"].items()})
     if isinstance(x, list):
         return [_data_to_tensor(y) for y in x]
     if isinstance(x, dict):
@@ -233,8 +246,11 @@ class Intervention:
     """Base class: where to act (layers, site, positions) and the hook plumbing.
 
     Subclasses implement :meth:`_edit` on the selected vectors. Instances are hook functions
-    ``fn(activation, hook)``; ``n_fired`` counts the calls that edited at least one position
-    and ``n_edited`` the vectors edited; :meth:`reset` zeroes both.
+    ``fn(activation, hook)``; ``n_fired`` counts the hook calls that acted (every call
+    except those whose selection is empty by construction, e.g. ``"generated_only"`` before
+    the first generated token) and ``n_edited`` the vectors edited (row x position, summed
+    over calls and layers); :meth:`reset` zeroes both. Hooks never synchronise with the
+    device: ``n_edited`` is summed lazily and read when you ask for it.
     """
 
     _: KW_ONLY

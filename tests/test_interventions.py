@@ -412,12 +412,15 @@ def test_to_dict_round_trip_through_json(llama):
     a = adapt(llama)
     batch = a.tokenize(TEXTS, padding_side="left")
     v = _direction(llama)
+    token_states = extract_states(llama, TEXTS, layers=[0, 2], tokens="all", pool=None)
     ivs = [
         Steer(v, 2.0, layers=[0, 2], positions=[[1], [2], [3]]),
         Ablate(v, layers="all", site="resid_mid", positions="last"),
         Clamp(v, -1.0, layers=1),
         Swap(v, _direction(llama, 9), 0.1, scale="projection", layers=-1),
         Patch(torch.randn(3, batch.input_ids.shape[1], a.d_model), layers=1),
+        Patch(_cache(llama, batch)[1], alpha=0.5, positions="last"),
+        Patch(dataclasses.replace(token_states, states=token_states.states * 1.5)),
         Placebo(Steer(v, 1.0, layers=0), seed=3),
     ]
     for iv in ivs:
