@@ -7,4 +7,5 @@ from recipes import (  # noqa: F401
     pooling_sentiment,
     quickstart,
     relation_concepts,
+    vocab_calibration,
 )

@@ -1,0 +1,85 @@
+"""Recipe ``vocab-calibration``: semantic calibration vs zero-shot, ICL, kNN and a probe."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from recipes.core import ConfigError, RecipeConfig, RunContext, register
+
+
+@dataclass
+class VocabCalibrationConfig(RecipeConfig):
+    datasets: list[str] = field(default_factory=lambda: ["sst2", "yelp", "amazon_cells"])
+    label_words: list[str] = field(default_factory=lambda: ["negative", "positive"])
+    n_train: int = 600
+    n_test: int = 300
+    layer: int = -1
+    k_shot: int = 4
+    icl_limit: int = 200
+
+
+def _split(name: str, n_train: int, n_test: int, seed: int) -> tuple[Any, Any]:
+    from semhooks.datasets import load_sentiment
+
+    if name == "sst2":
+        train = load_sentiment("sst2-train_sample").subsample(n_train, seed)
+        test = load_sentiment("sst2-dev")
+        return train, test.subsample(min(n_test, len(test)), seed)
+    data = load_sentiment(name)
+    train, test = data.split(0.4, seed)
+    return train.subsample(min(n_train, len(train)), seed), test.subsample(
+        min(n_test, len(test)), seed
+    )
+
+
+def _check(config: VocabCalibrationConfig, ctx: RunContext) -> None:
+    from semhooks.vocab import label_token_ids
+
+    try:
+        label_token_ids(ctx.model, config.label_words)
+    except ValueError as exc:
+        raise ConfigError(f"label_words: {exc}") from exc
+    for name in config.datasets:
+        try:
+            _split(name, 4, 4, 0)
+        except (ValueError, KeyError, FileNotFoundError) as exc:
+            raise ConfigError(f"datasets: {name!r}: {exc}") from exc
+
+
+@register("vocab-calibration", VocabCalibrationConfig, check=_check)
+def vocab_calibration(config: VocabCalibrationConfig, ctx: RunContext) -> dict[str, Any]:
+    """Semantic calibration (Gu et al. 2024) beside zero-shot, ICL, kNN and logistic probes."""
+    from semhooks.calibration import calibration_study
+
+    results = {}
+    for name in config.datasets:
+
+        def run(name: str = name) -> dict[str, Any]:
+            train, test = _split(name, config.n_train, config.n_test, config.seed)
+            res = calibration_study(
+                ctx.model,
+                train,
+                test,
+                config.label_words,
+                layer=config.layer,
+                k_shot=config.k_shot,
+                icl_limit=config.icl_limit,
+                seed=config.seed,
+                progress=ctx.progress,
+                name=name,
+            )
+            return {"table": res.table(), "scores": [vars(s) for s in res.scores]}
+
+        results[name] = ctx.cached_json(f"calibration_{name}", run)
+    summary: dict[str, Any] = {}
+    for name, res in results.items():
+        for s in res["scores"]:
+            short = s["method"].split(" (")[0].replace(" ", "_")
+            summary[f"{name}.{short}.accuracy"] = s["accuracy"]
+            summary[f"{name}.{short}.ari"] = s["ari"]
+    return {
+        "summary": summary,
+        "tables": [r["table"] for r in results.values()],
+        "results": results,
+    }
