@@ -133,6 +133,20 @@ def test_mismatched_model_is_refused(tiny_llama, tiny_gpt2):
     artifacts.check_compatible({"provenance": states.provenance}, same, "these states")
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="check_compatible compares d_model, n_layers and hook_layout only: an artifact from "
+    "another model of the same shape (tiny-gpt2 vs tiny-llama: 3 x 64, same hook names) is "
+    "accepted silently. See RELIABILITY.md.",
+)
+def test_same_shape_other_model_is_refused(tiny_llama, tiny_gpt2):
+    from_gpt2 = sh.adapt(tiny_gpt2).provenance()
+    with pytest.raises(sh.ArtifactError, match="tiny-gpt2"):
+        artifacts.check_compatible(
+            {"provenance": from_gpt2}, sh.adapt(tiny_llama).provenance(), "these states"
+        )
+
+
 _KILLED_EXTRACTION = textwrap.dedent(
     """
     import os, signal, sys, torch
@@ -346,6 +360,12 @@ def test_hooks_follow_the_activation_dtype(typed_llamas, tiny_llama, dtype):
     assert states.states.dtype == torch.float32 and states.states.device.type == "cpu"
     tol = 1e-5 if dtype == torch.float64 else 0.1
     torch.testing.assert_close(states.states, ref.states, atol=tol, rtol=tol)
+    # learned-score pooling reads activations in the model's dtype, too
+    weighted = sh.extract_states(
+        model, TEXTS, layers=[1], pool="weighted", progress=False,
+        pool_weights=lambda acts, layer: acts.float().sum(-1),
+    )  # fmt: skip
+    assert weighted.states.dtype == torch.float32 and torch.isfinite(weighted.states).all()
 
 
 # ---------------------------------------------------------------------- numerical guards
