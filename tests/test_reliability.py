@@ -248,9 +248,17 @@ def _interrupting_hook(kind: str):
     return hook
 
 
+@pytest.fixture
+def sigint_raises():
+    """Python's own SIGINT handler (a background shell may start us with SIGINT ignored)."""
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, old)
+
+
 @pytest.mark.backend
 @pytest.mark.parametrize("kind", ["raise", "signal", "error"])
-def test_no_hook_left_after_interrupts_everywhere(any_backend_llama, kind):
+def test_no_hook_left_after_interrupts_everywhere(any_backend_llama, kind, sigint_raises):
     model = any_backend_llama
     a = sh.adapt(model)
     batch = a.tokenize(TEXTS)
