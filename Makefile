@@ -13,7 +13,7 @@ demo: setup
 	$(VENV)/bin/semhooks run quickstart --out runs/quickstart
 
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q tests --nbmake notebooks --nbmake-timeout=1800
 
 lint:
 	$(VENV)/bin/ruff check semhooks recipes tests benchmarks

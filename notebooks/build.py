@@ -168,13 +168,13 @@ runs the full study.
 import warnings; warnings.filterwarnings("ignore")
 import semhooks as sh
 model = sh.load_model("smollm2-135m")
-res = sh.wic_study(model, variants=["repeat", "last"], n_fit=100, n_eval=100, probe=False, progress=False)
+res = sh.wic_study(model, variants=["repeat"], n_fit=60, n_eval=60, probe=False, progress=False)
 print(res.table())
 res.plot();
 """),
     md("The same for the encoder (MiniLM), drawn beside the decoder:"),
     code("""
-enc = sh.wic_study(sh.load_model("minilm-l6"), variants=["repeat", "last"], n_fit=100, n_eval=100,
+enc = sh.wic_study(sh.load_model("minilm-l6"), variants=["repeat"], n_fit=60, n_eval=60,
                    probe=False, progress=False)
 res.plot(enc);
 """),
@@ -204,9 +204,9 @@ print(lens.table())
 """),
     code("""
 from semhooks.calibration import calibration_study
-train = sh.load_sst2("train_sample").subsample(200, 0)
-test = sh.load_sst2("dev").subsample(100, 0)
-res = calibration_study(model, train, test, ["negative", "positive"], k_shot=2, icl_limit=40, progress=False)
+train = sh.load_sst2("train_sample").subsample(120, 0)
+test = sh.load_sst2("dev").subsample(60, 0)
+res = calibration_study(model, train, test, ["negative", "positive"], k_shot=2, icl_limit=20, progress=False)
 print(res.table() if hasattr(res, "table") else res)
 """),
 )
@@ -224,7 +224,7 @@ import warnings; warnings.filterwarnings("ignore")
 import semhooks as sh
 from semhooks.relations import build_prompts, validate, split, LRC
 model = sh.load_model("smollm2-135m")
-prompts = build_prompts("country_capital_city", n_shot=3)[:30]
+prompts = build_prompts("substance_phase", n_shot=3)[:40]
 report = validate(model, prompts, progress=False)
 print(report.summary())
 train, test = split(report.kept, 0.5, seed=0)

@@ -49,14 +49,18 @@ def emergence_profile(config: EmergenceProfileConfig, ctx: RunContext) -> dict[s
     )
 
     def run() -> dict[str, Any]:
+        positions: Any = None
         if config.inputs == "entities":
             seqs: Any = entity_lists(k=config.k, n=config.n, model=ctx.model, seed=config.seed)
         else:
-            seqs = natural_sentences(ctx.model, n=config.n, seed=config.seed)
+            # sentences differ in length: read the first positions every sentence has
+            seqs = natural_sentences(ctx.model, n=config.n, min_tokens=12, seed=config.seed)
+            positions = list(range(1, 13))
         res = information_emergence(
             ctx.model,
             seqs,
             config.estimator,
+            positions=positions,
             layers=config.layers if config.layers is not None else "all",
             reduce_dim=config.reduce_dim,
             seed=config.seed,
@@ -69,10 +73,18 @@ def emergence_profile(config: EmergenceProfileConfig, ctx: RunContext) -> dict[s
         "emergence", result.plot(), f"Information emergence ({config.inputs}, {config.estimator})"
     )
     ie = np.asarray(result.ie, dtype=float)
+    finite = np.isfinite(ie)
+    if not finite.any():
+        raise ValueError(
+            f"every IE cell is NaN with estimator {config.estimator!r} (too few distinct inputs "
+            "for it, see the warnings); use estimator='mine' or more sequences"
+        )
+    best = int(np.nanargmax(np.where(finite, ie, -np.inf)))
     summary = {
-        "mean_ie": float(np.nanmean(ie)),
-        "max_ie": float(np.nanmax(ie)),
-        "argmax_layer": int(result.layers[int(np.nanargmax(ie)) // ie.shape[1]]),
+        "mean_ie": float(ie[finite].mean()),
+        "max_ie": float(ie.flat[best]),
+        "argmax_layer": int(result.layers[best // ie.shape[1]]),
         "ceiling_macro_last": float(np.asarray(result.ceiling_macro)[-1]),
+        "nan_cells": int((~finite).sum()),
     }
     return {"summary": summary, "tables": [result.table()], "result": result.to_dict()}

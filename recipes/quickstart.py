@@ -16,7 +16,7 @@ from recipes.core import RecipeConfig, RunContext, register
 @dataclass
 class QuickstartConfig(RecipeConfig):
     wic_pairs: int = 80
-    relation: str = "country_capital_city"
+    relation: str = "substance_phase"
     emergence_lists: int = 300
 
 
@@ -41,7 +41,8 @@ def _steps(config: QuickstartConfig) -> list[tuple[str, str, Any]]:
         ("relation", "relation-concepts", RelationConceptsConfig(
             **common, relations=[config.relation], rank=50, max_prompts=40, n_lre_prompts=10)),
         ("emergence", "emergence-profile", EmergenceProfileConfig(
-            **common, n=config.emergence_lists, k=6, estimator="gaussian", reduce_dim=16)),
+            **common, n=config.emergence_lists, k=5, estimator="mine", reduce_dim=16,
+            layers=[0, 10, 20, 29])),
     ]  # fmt: skip
 
 

@@ -11,7 +11,7 @@ from recipes.core import ConfigError, RecipeConfig, RunContext, register
 @dataclass
 class RelationConceptsConfig(RecipeConfig):
     relations: list[str] = field(
-        default_factory=lambda: ["country_capital_city", "country_language", "fruit_inside_color"]
+        default_factory=lambda: ["landmark_on_continent", "substance_phase", "country_language"]
     )
     subject_layer: int = 15
     object_layer: int = 29

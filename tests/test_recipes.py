@@ -38,7 +38,7 @@ SMALL = {
         "max_prompts": 30,
         "n_lre_prompts": 6,
     },
-    "emergence-profile": {"model": "tiny-gpt2", "n": 120, "k": 3, "reduce_dim": 4},
+    "emergence-profile": {"model": "tiny-gpt2", "inputs": "sentences", "n": 120, "reduce_dim": 4},
     "vocab-calibration": {
         "model": "tiny-llama",
         "datasets": ["yelp"],
@@ -107,14 +107,14 @@ def test_recipe_runs_end_to_end(name, tmp_path, request):
 @pytest.mark.real
 def test_quickstart_on_smollm2(tmp_path, smollm2):
     """The README's main job, end to end on the embedded model (small sizes)."""
-    config = small_config("quickstart", wic_pairs=40, emergence_lists=120)
+    config = small_config("quickstart", wic_pairs=40, emergence_lists=150)
     doc = run_recipe("quickstart", config, tmp_path / "qs", model=smollm2)
     summary = doc["metrics"]["summary"]
     for key in (
         "wic.decoder_repeat_best_acc",
         "steering.logit_diff_effect",
         "emergence.mean_ie",
-        "relation.country_capital_city_lrc_accuracy",
+        "relation.substance_phase_LRC_accuracy",
     ):
         assert key in summary and math.isfinite(summary[key]), key
     assert (tmp_path / "qs" / "report.md").read_text().count("![") >= 3
