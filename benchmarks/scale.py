@@ -96,14 +96,14 @@ def worker_throughput(n_texts: int, threads: int, out_dir: str) -> None:
         print(json.dumps({"seconds": seconds, "world": info["world_size"], "threads": threads}))
 
 
-def worker_memory(size: int, mode: str, out_dir: str) -> None:
+def worker_memory(size: int, mode: str, out_dir: str, threads: int) -> None:
     import gc
 
     import torch
 
     import semhooks as sh
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads)
     model = sh.load_model("smollm2-135m")
     texts = make_texts(size, (3, 3))
     sh.extract_states(model, texts[:128], layers=[0, 1], batch_size=128, progress=False)
@@ -166,10 +166,10 @@ def throughput(n_texts: int) -> None:
         print(f"{f'{world} x {threads}':22s} {r['seconds']:8.1f} {n_texts / r['seconds']:8.1f}")
 
 
-def memory(sizes: list[int]) -> None:
+def memory(sizes: list[int], threads: int) -> None:
     print(
-        "SmolLM2-135M, short texts (~6 tokens), layers 0-1, mean over all tokens, batch 128; "
-        "peak RSS above the loaded model"
+        f"SmolLM2-135M, short texts (~6 tokens), layers 0-1, mean over all tokens, batch 128, "
+        f"{threads} thread(s); peak RSS above the loaded model"
     )
     print(
         f"{'texts':>7} {'streamed MB':>12} {'in memory MB':>13} {'states MB':>10} {'s (stream)':>11}"
@@ -180,7 +180,8 @@ def memory(sizes: list[int]) -> None:
             with tempfile.TemporaryDirectory() as tmp:
                 cmd = [sys.executable, __file__, "--worker", "memory", "--size", str(size)]
                 cmd += ["--mode", mode, "--out", os.path.join(tmp, "shards")]
-                row[mode] = _run(cmd, 2)
+                cmd += ["--threads", str(threads)]
+                row[mode] = _run(cmd, threads)
         states_mb = size * 2 * 576 * 4 / 2**20
         print(
             f"{size:7d} {row['stream']['peak_mb']:12.1f} {row['memory']['peak_mb']:13.1f} "
@@ -193,6 +194,7 @@ def main() -> None:
     parser.add_argument("--part", choices=["throughput", "memory", "both"], default="both")
     parser.add_argument("--n-texts", type=int, default=96)
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 4000, 16000])
+    parser.add_argument("--memory-threads", type=int, default=1)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
@@ -203,7 +205,7 @@ def main() -> None:
         worker_throughput(args.n_texts, args.threads, args.out)
         return
     if args.worker == "memory":
-        worker_memory(args.size, args.mode, args.out)
+        worker_memory(args.size, args.mode, args.out, args.threads)
         return
     with open("/proc/loadavg") as fh:
         print(f"load average at start: {fh.read().split()[0]} on {os.cpu_count()} CPUs")
@@ -211,7 +213,7 @@ def main() -> None:
         throughput(args.n_texts)
         print()
     if args.part in ("memory", "both"):
-        memory(args.sizes)
+        memory(args.sizes, args.memory_threads)
     with open("/proc/loadavg") as fh:
         print(f"load average at end: {fh.read().split()[0]}")
 
