@@ -105,6 +105,8 @@ def test_recipe_runs_end_to_end(name, tmp_path, request):
 
 
 @pytest.mark.real
+@pytest.mark.slow
+@pytest.mark.timeout(3000)
 def test_quickstart_on_smollm2(tmp_path, smollm2):
     """The README's main job, end to end on the embedded model (small sizes)."""
     config = small_config("quickstart", wic_pairs=40, emergence_lists=150)
