@@ -21,6 +21,7 @@
 
 from __future__ import annotations
 
+import copy
 import random
 import time
 from collections.abc import Mapping, Sequence
@@ -296,6 +297,7 @@ def causal_swap(
     layers: int | Sequence[int] | Literal["all"] = "all",
     targets: Sequence[str] | None = None,
     control: bool = True,
+    scale: Literal["norm", "projection"] = "norm",
     seed: int = 0,
     batch_size: int = 8,
 ) -> SwapResult:
@@ -312,6 +314,8 @@ def causal_swap(
         targets: one target object per prompt (default: a random other object, seeded).
         control: also run the random-direction control (random unit vectors at the same
             angle as each source/target pair).
+        scale: ``"norm"`` (Chanin et al.: ``alpha ||h||``) or ``"projection"``
+            (``alpha (h . v_source)``; see :class:`semhooks.interventions.Swap`).
     """
     from semhooks.interventions import Swap, intervene, random_control
 
@@ -345,7 +349,7 @@ def causal_swap(
         v_from = torch.stack([vecs[p.object] for p in chunk for _ in range(2)])
         v_to = torch.stack([vecs[t] for t in tgt for _ in range(2)])
         positions = [[int(p)] for p in enc.subject_positions]
-        swap = Swap(v_from, v_to, alpha=alpha, layers=layer_spec, positions=positions)
+        swap = Swap(v_from, v_to, alpha=alpha, scale=scale, layers=layer_spec, positions=positions)
         runs: list[tuple[list[bool], Any]] = [(base, None), (success, swap)]
         if control:
             runs.append((ctrl, random_control(swap, seed=seed + start)))
@@ -497,6 +501,7 @@ def evaluate_relation(
     swap_layers: int | Sequence[int] | Literal["all"] = "all",
     baselines: Sequence[str] = ("logistic", "svm", "mean_difference"),
     causality: bool = True,
+    beta: float = 1.0,
     seed: int = 0,
     progress: bool = False,
     **lrc_kwargs: Any,
@@ -507,6 +512,7 @@ def evaluate_relation(
     Args:
         max_prompts: cap on the prompts built (a seeded sample of subjects).
         causality: run the causal swaps (two teacher-forced forwards per prompt and method).
+        beta: the LRE slope scale used for faithfulness (Hernandez et al.: 2-8).
     """
     t0 = time.perf_counter()
     rel = relation if isinstance(relation, Relation) else load(relation)
@@ -556,7 +562,8 @@ def evaluate_relation(
             sw = causal_swap(est, model, test, alpha=alpha, layers=swap_layers, seed=seed)
             row.update(causality=sw.score, control=sw.control_score, baseline=sw.baseline_score)
         rows.append(row)
-    faith = faithfulness(lrc.lre_, model, test).score
+    lre = copy.copy(lrc.lre_).set_params(beta=beta)
+    faith = faithfulness(lre, model, test).score
     return RelationEvaluation(
         relation=rel.name,
         category=rel.category,
@@ -577,6 +584,7 @@ def evaluate_relation(
             "method": method,
             "alpha": alpha,
             "swap_layers": swap_layers,
+            "beta": beta,
             "seed": seed,
         },
     )
