@@ -1235,9 +1235,15 @@ class EmergenceResult:
         )
         prof = self.profile()
         t = np.asarray(self.positions)
-        ax_p.fill_between(t, prof["min"], prof["max"], alpha=0.15, color="C0", label="min-max")
-        ax_p.fill_between(t, prof["q25"], prof["q75"], alpha=0.35, color="C0", label="IQR")
+        if len(t) > 1:
+            ax_p.fill_between(t, prof["min"], prof["max"], alpha=0.15, color="C0", label="min-max")
+            ax_p.fill_between(t, prof["q25"], prof["q75"], alpha=0.35, color="C0", label="IQR")
+        else:  # one position: the same spreads as error bars
+            for lo, hi, width, label in (("min", "max", 1, "min-max"), ("q25", "q75", 6, "IQR")):
+                ax_p.vlines(t, prof[lo], prof[hi], color="C0", alpha=0.5, linewidth=width,
+                            label=label)  # fmt: skip
         ax_p.plot(t, prof["mean"], marker="o", color="C0", label="mean over blocks")
+        ax_p.set_xticks(t)
         ax_p.axhline(0, color="grey", linewidth=0.8)
         ax_p.set_xlabel("position t (content tokens)")
         ax_p.set_ylabel("IE (bits)")

@@ -1,0 +1,241 @@
+"""Linear relational concepts: API on a tiny model; behaviour on SmolLM2 (marked real).
+
+The real tests fit LRCs on three-shot prompts of relations SmolLM2 knows (chosen by
+validation yield), check held-out accuracy against chance and the mean-difference baseline,
+and check that a concept swap moves the answer while the random-direction control does not.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from semhooks.artifacts import ArtifactError
+from semhooks.relations.evaluation import (
+    causal_swap,
+    evaluate_relation,
+    faithfulness,
+    fit_baselines,
+    hernandez_causality,
+    sweep,
+    table_markdown,
+)
+from semhooks.relations.lrc import LRC, Concept
+from semhooks.relations.lre import NotFittedError
+from semhooks.relations.prompts import RelationPrompt
+from semhooks.testing import tiny_model
+
+SUBJECTS = ["France", "Italy", "Spain", "Germany", "Paris", "Rome", "Madrid", "Berlin"]
+
+
+def toy_prompts() -> list[RelationPrompt]:
+    objs = ["Cat", "Dog"] * 4
+    return [
+        RelationPrompt(f"The capital of {s} is", s, o, "toy")
+        for s, o in zip(SUBJECTS, objs, strict=True)
+    ]
+
+
+@pytest.fixture(scope="module")
+def toy_lrc(tiny_llama):
+    return LRC(0, 2, rank=8, n_lre_prompts=4, progress=False).fit(tiny_llama, toy_prompts())
+
+
+def test_lrc_concepts_are_unit_vectors_from_the_inverted_lre(tiny_llama, toy_lrc):
+    lrc = toy_lrc
+    assert lrc.classes_ == ["Cat", "Dog"] and set(lrc.concepts_) == {"Cat", "Dog"}
+    assert len(lrc.lre_prompts_) == 4
+    assert {p.object for p in lrc.lre_prompts_} == {"Cat", "Dog"}  # balanced
+    torch.testing.assert_close(lrc.vectors_.norm(dim=-1), torch.ones(2))
+    # v_o = normalize(W^+ (E[o] - b)) recomputed by hand
+    w_inv = lrc.lre_.invert(8)
+    for i, obj in enumerate(lrc.classes_):
+        raw = w_inv @ (lrc.object_means_[i] - lrc.lre_.bias_)
+        torch.testing.assert_close(lrc.vectors_[i], raw / raw.norm(), atol=1e-5, rtol=1e-4)
+        c = lrc.concepts_[obj]
+        assert isinstance(c, Concept) and c.layer == 0 and c.relation == "toy" and c.object == obj
+        assert c.name == f"toy: {obj}"
+        torch.testing.assert_close(c.vector, lrc.vectors_[i])
+
+
+def test_lrc_concept_is_a_direction_for_interventions(toy_lrc):
+    from semhooks.interventions import as_direction
+
+    c = toy_lrc.concepts_["Cat"]
+    torch.testing.assert_close(as_direction(c), c.vector)
+
+
+def test_lrc_predict_paths_agree(tiny_llama, toy_lrc):
+    prompts = toy_prompts()
+    states = toy_lrc.subject_states(tiny_llama, prompts)
+    by_states = toy_lrc.predict_states(states)
+    assert by_states == toy_lrc.predict(tiny_llama, prompts)
+    texts = [p.text for p in prompts]
+    assert by_states == toy_lrc.predict(tiny_llama, texts, [p.subject for p in prompts])
+    scores = toy_lrc.decision_function(states)
+    assert [toy_lrc.classes_[i] for i in scores.argmax(-1)] == by_states
+    acc = np.mean([a == p.object for a, p in zip(by_states, prompts, strict=True)])
+    assert toy_lrc.score(tiny_llama, prompts) == pytest.approx(acc)
+
+
+def test_lrc_with_rank_equals_refit_at_that_rank(tiny_llama, toy_lrc):
+    low = toy_lrc.with_rank(3)
+    refit = LRC(0, 2, rank=3, n_lre_prompts=4, progress=False).fit(tiny_llama, toy_prompts())
+    torch.testing.assert_close(low.vectors_, refit.vectors_, atol=1e-5, rtol=1e-4)
+    assert toy_lrc.rank == 8
+
+
+def test_lrc_save_load_roundtrip_and_refusal(tiny_llama, toy_lrc, tmp_path):
+    path = toy_lrc.save(tmp_path / "toy.lrc")
+    back = LRC.load(path, tiny_llama)
+    torch.testing.assert_close(back.vectors_, toy_lrc.vectors_)
+    assert back.classes_ == toy_lrc.classes_ and back.provenance_["rank"] == 8
+    prompts = toy_prompts()
+    assert back.predict(tiny_llama, prompts) == toy_lrc.predict(tiny_llama, prompts)
+    with pytest.raises(ArtifactError, match="d_model"):
+        LRC.load(path, tiny_model("llama", d_model=32))
+
+
+def test_lrc_bad_inputs(tiny_llama):
+    prompts = toy_prompts()
+    with pytest.raises(NotFittedError):
+        LRC(0, 2, rank=4).predict_states(torch.zeros(1, 64))
+    one_object = [RelationPrompt(p.text, p.subject, "Cat", "toy") for p in prompts]
+    with pytest.raises(ValueError, match="single object"):
+        LRC(0, 2, rank=4, progress=False).fit(tiny_llama, one_object)
+    with pytest.raises(ValueError, match="rank 65 is out of range"):
+        LRC(0, 2, rank=65, progress=False).fit(tiny_llama, prompts)
+    mixed = prompts[:2] + [
+        RelationPrompt(p.text, p.subject, p.object, "other") for p in prompts[2:]
+    ]
+    with pytest.raises(ValueError, match="one relation"):
+        LRC(0, 2, rank=4, progress=False).fit(tiny_llama, mixed)
+    with pytest.raises(ValueError, match="does not occur"):
+        LRC(0, 2, rank=4, progress=False).fit(
+            tiny_llama, prompts + [RelationPrompt("The capital is", "Rome", "Dog", "toy")]
+        )
+    lrc = LRC(0, 2, rank=4, n_lre_prompts=2, progress=False).fit(tiny_llama, prompts)
+    with pytest.raises(ValueError, match="one subject per text"):
+        lrc.predict(tiny_llama, ["The capital of Rome is"])
+
+
+def test_baselines_separate_training_states():
+    g = torch.Generator().manual_seed(0)
+    centers = torch.randn(3, 16, generator=g) * 4
+    y = [str(i % 3) for i in range(60)]
+    X = centers[[int(c) for c in y]] + torch.randn(60, 16, generator=g)
+    fitted = fit_baselines(X, y)
+    assert set(fitted) == {"logistic", "svm", "mean_difference"}
+    for b in fitted.values():
+        assert b.predict_states(X) == y
+        torch.testing.assert_close(b.vectors.norm(dim=-1), torch.ones(3))
+    # binary: +w / -w directions
+    two = fit_baselines(X[:40], ["a" if c == "0" else "b" for c in y[:40]], ["logistic"])
+    v = two["logistic"].vectors
+    torch.testing.assert_close(v[0], -v[1])
+
+
+def test_swap_and_causality_run_on_tiny(tiny_llama, toy_lrc):
+    prompts = toy_prompts()
+    sw = causal_swap(toy_lrc, tiny_llama, prompts, alpha=0.5, seed=0)
+    assert sw.n == len(prompts) and 0 <= sw.score <= 1 and 0 <= sw.control_score <= 1
+    assert all(t != p.object for t, p in zip(sw.targets, prompts, strict=True))
+    # a zero-strength swap changes nothing: success equals the no-intervention baseline
+    zero = causal_swap(toy_lrc, tiny_llama, prompts, alpha=0.0, control=False)
+    assert zero.score == zero.baseline_score
+    with pytest.raises(ValueError, match="no concept"):
+        causal_swap(toy_lrc, tiny_llama, [RelationPrompt("The capital of Rome is", "Rome", "Owl")])
+    hc = hernandez_causality(toy_lrc.lre_, tiny_llama, prompts, rank=8)
+    assert hc.n == len(prompts) and 0 <= hc.score <= 1
+    fa = faithfulness(toy_lrc.lre_, tiny_llama, prompts)
+    assert fa.n == len(prompts) and len(fa.lre_tokens) == len(prompts)
+
+
+def test_table_markdown_per_relation_and_category():
+    from semhooks.relations.evaluation import RelationEvaluation
+
+    def ev(name, cat, acc, n_test):
+        rows = [
+            {"method": "LRC", "accuracy": acc, "n_test": n_test, "causality": 0.5, "control": 0.1},
+            {"method": "mean_difference", "accuracy": acc / 2, "n_test": n_test, "causality": 0.2},
+        ]
+        return RelationEvaluation(name, cat, rows, 10, 8, 4, n_test, 2, faithfulness=0.25)
+
+    text = table_markdown(
+        [ev("a", "factual", 1.0, 4), ev("b", "factual", 0.5, 6), ev("c", "bias", 0.8, 2)]
+    )
+    lines = text.splitlines()
+    assert lines[0].startswith("| relation | category | n_test")
+    assert "| a | factual | 4 | 2 | 0.25 | 1.00 | 0.50 | 0.50 | 0.20 | 0.10 |" in lines
+    factual = next(line for line in lines if line.startswith("| factual |"))
+    assert factual.startswith("| factual | 2 | 10 | 0.25 | 0.75 |")  # unweighted mean
+    assert any(line.startswith("| all | 3 | 12 |") for line in lines)
+
+
+# ---------------------------------------------------------------------- SmolLM2
+REAL_RELATIONS = ["landmark_on_continent", "substance_phase"]
+
+
+@pytest.fixture(scope="module")
+def real_results(smollm2):
+    """LRC and baselines on SmolLM2, three-shot, layer 15 -> 29, randomized rank 50."""
+    return [
+        evaluate_relation(
+            smollm2,
+            rel,
+            subject_layer=15,
+            object_layer=29,
+            rank=50,
+            method="randomized",
+            n_lre_prompts=10,
+            max_prompts=40,
+            alpha=0.05,
+            swap_layers="all",
+            baselines=("mean_difference",),
+            seed=0,
+        )
+        for rel in REAL_RELATIONS
+    ]
+
+
+@pytest.mark.real
+@pytest.mark.slow
+def test_real_lrc_accuracy_beats_chance_and_mean_difference(real_results):
+    accs, md = [], []
+    for ev in real_results:
+        chance = 1.0 / ev.n_objects
+        lrc = ev.row("LRC")["accuracy"]
+        assert ev.n_test >= 8, ev.to_markdown()
+        assert lrc >= chance + 0.3, ev.to_markdown()
+        accs.append(lrc)
+        md.append(ev.row("mean_difference")["accuracy"])
+    assert np.mean(accs) >= np.mean(md) - 0.02, table_markdown(real_results)
+
+
+@pytest.mark.real
+@pytest.mark.slow
+def test_real_concept_swap_flips_answers_and_control_does_not(real_results):
+    for ev in real_results:
+        row = ev.row("LRC")
+        assert row["causality"] >= 0.6, ev.to_markdown()
+        assert row["control"] <= 0.2, ev.to_markdown()
+        assert row["baseline"] == 0.0  # validated prompts: the original answer wins
+
+
+@pytest.mark.real
+def test_real_sweep_records_and_plot(smollm2, tmp_path):
+    res = sweep(
+        smollm2,
+        "substance_phase",
+        subject_layers=[12],
+        object_layer=20,
+        ranks=[8, 16],
+        method="randomized",
+        max_prompts=24,
+    )
+    assert [(r["subject_layer"], r["rank"]) for r in res.records] == [(12, 8), (12, 16)]
+    assert all(0 <= r["accuracy"] <= 1 for r in res.records)
+    ax = res.plot()
+    ax.figure.savefig(tmp_path / "sweep.png")
+    assert (tmp_path / "sweep.png").stat().st_size > 0
