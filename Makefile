@@ -3,6 +3,7 @@
 #   make test   set up, then run the whole test suite
 VENV ?= .venv
 PY := $(VENV)/bin/python
+NOTEBOOKS ?= notebooks/00_plug_into_your_notebook.ipynb notebooks/01_extract_states.ipynb notebooks/05_interventions.ipynb notebooks/06_information_emergence.ipynb
 
 .PHONY: setup demo test lint bench tl3
 
@@ -13,7 +14,7 @@ demo: setup
 	$(VENV)/bin/semhooks run quickstart --out runs/quickstart
 
 test: setup
-	$(PY) -m pytest -q tests --nbmake notebooks --nbmake-timeout=1800
+	$(PY) -m pytest -q tests --nbmake $(NOTEBOOKS) --nbmake-timeout=1800
 
 lint:
 	$(VENV)/bin/ruff check semhooks recipes tests benchmarks
