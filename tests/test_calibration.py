@@ -279,10 +279,12 @@ def test_study_on_tiny_model_runs_every_method(tiny_gpt2):
 
 
 # ---------------------------------------------------------------------- SmolLM2 behaviour
-# Measured (seeded, CPU): 400 balanced items of the SST-2 train sample -> 200 balanced dev
-# sentences, last layer: zero-shot label-word logits 0.800 (ARI 0.357), nearest label basis of
-# the raw states 0.505 (ARI 0.000), semantic calibration 0.815 (ARI 0.394): +0.015.
-SST2_TRAIN_N, SST2_TEST_N, SST2_MARGIN = 400, 200, 0.01
+# Measured (seeded, CPU, 1 and 2 threads alike): 1,000 balanced items of the SST-2 train
+# sample -> 200 balanced dev sentences, last layer: zero-shot label-word logits 0.800 (ARI
+# 0.357), nearest label basis of the raw states 0.505 (ARI 0.000), semantic calibration 0.850
+# (ARI 0.487): +0.050. With only 400 training items the calibrator does NOT beat zero-shot
+# (0.778 vs 0.780 on the full dev set), so the test needs the 1,000.
+SST2_TRAIN_N, SST2_TEST_N, SST2_MARGIN = 1000, 200, 0.03
 
 
 @pytest.mark.real
