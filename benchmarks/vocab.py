@@ -102,7 +102,8 @@ def benchmark(model: Any, n_states: int = 10_000, repeats: int = 3) -> str:
 
     t_full, _ = _timed(full_logits, repeats=max(1, repeats - 1))
     lines += [
-        f"Logits for {n_states:,} states (per {n_states:,} states, best of {repeats}):",
+        f"Logits for {n_states:,} states (per {n_states:,} states, best of "
+        f"{max(1, repeats - 1)} full / {repeats} semantic):",
         f"  full vocabulary h W_U + b_U ({v:,} tokens)  {t_full * 1000:9.1f} ms",
         "  k   basis (one-off)   semantic logits   full / semantic",
     ]
