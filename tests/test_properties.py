@@ -220,13 +220,6 @@ def test_span_states_equal_the_full_cache_at_find_span_positions(adapters, arch,
         torch.testing.assert_close(got.layer(1)[row], want, atol=2e-5, rtol=2e-4)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the tiny Llama test tokenizer (BPE without unk_token or byte_fallback) drops "
-    "characters outside its training alphabet, and Hugging Face tokenizers then shift every "
-    "later offset: find_span silently returns the wrong tokens. Fix: models.BPE(unk_token="
-    "'<unk>') or byte_fallback=True in semhooks.testing. See RELIABILITY.md.",
-)
 def test_dropped_characters_do_not_misalign_spans(tiny_llama):
     a = sh.adapt(tiny_llama)
     assert not _encodable(a, "\n")

@@ -363,11 +363,23 @@ class LRC:
         return save_artifact(path, _KIND, tensors, meta)
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str], model: Any | None = None) -> LRC:
-        """Read an LRC; with ``model``, refuse one made for another width or hook layout."""
+    def load(
+        cls,
+        path: str | os.PathLike[str],
+        model: Any | None = None,
+        *,
+        allow_other_model: bool = False,
+    ) -> LRC:
+        """Read an LRC; with ``model``, refuse one made on another model (or, with
+        ``allow_other_model=True``, only one of another width or hook layout)."""
         tensors, meta = load_artifact(path, _KIND)
         if model is not None:
-            check_compatible(meta, adapt(model).provenance(), f"the LRC in {path}")
+            check_compatible(
+                meta,
+                adapt(model).provenance(),
+                f"the LRC in {path}",
+                allow_other_model=allow_other_model,
+            )
         lrc = cls(**meta["params"])
         lrc.vectors_ = tensors["vectors"]
         lrc.object_means_ = tensors["object_means"]

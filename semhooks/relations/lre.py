@@ -336,11 +336,23 @@ class LRE:
         return save_artifact(path, _KIND, tensors, meta)
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str], model: Any | None = None) -> LRE:
-        """Read an LRE; with ``model``, refuse one made for another width or hook layout."""
+    def load(
+        cls,
+        path: str | os.PathLike[str],
+        model: Any | None = None,
+        *,
+        allow_other_model: bool = False,
+    ) -> LRE:
+        """Read an LRE; with ``model``, refuse one made on another model (or, with
+        ``allow_other_model=True``, only one of another width or hook layout)."""
         tensors, meta = load_artifact(path, _KIND)
         if model is not None:
-            check_compatible(meta, adapt(model).provenance(), f"the LRE in {path}")
+            check_compatible(
+                meta,
+                adapt(model).provenance(),
+                f"the LRE in {path}",
+                allow_other_model=allow_other_model,
+            )
         lre = cls(**meta["params"])
         lre.weight_ = tensors["weight"]
         lre.bias_ = tensors["bias"]
