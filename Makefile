@@ -3,7 +3,7 @@
 #   make test   set up, then run the whole test suite
 VENV ?= .venv
 PY := $(VENV)/bin/python
-NOTEBOOKS ?= notebooks/00_plug_into_your_notebook.ipynb notebooks/01_extract_states.ipynb notebooks/04_relations_lre_lrc.ipynb notebooks/05_interventions.ipynb notebooks/06_information_emergence.ipynb
+NOTEBOOKS ?= $(sort $(wildcard notebooks/*.ipynb))
 
 .PHONY: setup demo test lint bench tl3
 

@@ -514,12 +514,20 @@ class SemanticCalibrator(ClassifierMixin, TransformerMixin, BaseEstimator):
         return save_artifact(path, "SemanticCalibrator", tensors, meta)
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str], model: Any = None) -> SemanticCalibrator:
-        """Read a saved calibrator; with ``model``, refuse one made for another model."""
+    def load(
+        cls, path: str | os.PathLike[str], model: Any = None, *, allow_other_model: bool = False
+    ) -> SemanticCalibrator:
+        """Read a saved calibrator; with ``model``, refuse one made for another model (with
+        ``allow_other_model=True``, still one whose W_U differs)."""
         tensors, meta = load_artifact(path, "SemanticCalibrator")
         if model is not None:
             adapter = adapt(model)
-            check_compatible(meta, adapter.provenance(), "this SemanticCalibrator")
+            check_compatible(
+                meta,
+                adapter.provenance(),
+                "this SemanticCalibrator",
+                allow_other_model=allow_other_model,
+            )
             stored = meta.get("w_u_hash")
             if stored and stored != unembedding_hash(adapter):
                 raise ArtifactError(

@@ -179,8 +179,10 @@ def test_save_load_roundtrip_and_refusal(tiny_gpt2, tiny_llama, tmp_path):
     assert back.get_params()["temperature"] == 0.2
     assert back.label_words == ["bad", "good"]
     assert back.basis.provenance["model"] == "tiny-gpt2"
-    with pytest.raises(ArtifactError, match="different W_U"):
+    with pytest.raises(ArtifactError, match="made on 'tiny-gpt2'.*allow_other_model"):
         SemanticCalibrator.load(path, model=tiny_llama)
+    with pytest.raises(ArtifactError, match="different W_U"):
+        SemanticCalibrator.load(path, model=tiny_llama, allow_other_model=True)
     with pytest.raises(NotFittedError):
         SemanticCalibrator(cal.basis).save(tmp_path / "x.safetensors")
     # Plain-array basis round-trips too.
