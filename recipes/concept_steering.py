@@ -106,12 +106,17 @@ def concept_steering(config: ConceptSteeringConfig, ctx: RunContext) -> dict[str
     for p, b, s_pos, s_neg in zip(config.prompts, base, pos, neg, strict=True):
         rows.append(f"| {p} | {b!r} | {s_pos!r} | {s_neg!r} |")
     effect, control = curve.effect("logit_diff")
+    push, push_control = curve.effect("logit_diff", signed=True)
+    nan = float("nan")
     return {
         "summary": {
             "direction_norm": float(direction.direction_.norm()),
-            "logit_diff_effect": effect,
-            "control_logit_diff_effect": control if control is not None else float("nan"),
-            "effect_over_control": effect / control if control else float("nan"),
+            # logit difference (target - contrast) at the largest alpha minus at the smallest
+            "logit_diff_push": push,
+            "control_logit_diff_push": push_control if push_control is not None else nan,
+            # largest absolute change from the no-hook baseline (disruption counts too)
+            "logit_diff_max_change": effect,
+            "control_logit_diff_max_change": control if control is not None else nan,
         },
         "tables": ["### Greedy generations\n\n" + "\n".join(rows)],
         "curve": curve.to_dict(),

@@ -36,7 +36,7 @@ def _steps(config: QuickstartConfig) -> list[tuple[str, str, Any]]:
             **common, encoder=None, variants=["repeat"], n_fit=config.wic_pairs,
             n_eval=config.wic_pairs, probe=False)),
         ("steering", "concept-steering", ConceptSteeringConfig(
-            **common, alphas=[-4.0, 0.0, 4.0], max_new_tokens=6,
+            **common, alphas=[-1.0, 0.0, 1.0], max_new_tokens=6,
             prompts=["The movie was", "My day has been"])),
         ("relation", "relation-concepts", RelationConceptsConfig(
             **common, relations=[config.relation], rank=50, max_prompts=40, n_lre_prompts=10)),

@@ -124,11 +124,23 @@ class SteeringCurve:
         """Plain JSON-serialisable data."""
         return asdict(self)
 
-    def effect(self, what: str = "prob") -> tuple[float, float | None]:
-        """Largest absolute change from baseline over alphas: (intervention, control)."""
+    def effect(self, what: str = "prob", *, signed: bool = False) -> tuple[float, float | None]:
+        """(intervention, control) effect on ``what`` (``"prob"`` or ``"logit_diff"``).
+
+        Default: the largest absolute change from the no-hook baseline over the alphas. With
+        ``signed=True``: the value at the largest alpha minus the value at the smallest, i.e.
+        how far pushing along the direction moves the readout *towards the target*. A random
+        control of equal norm can move a readout a lot in either direction (large alphas
+        disrupt the model), so the signed spread separates steering from disruption.
+        """
         base = self.baseline_prob if what == "prob" else self.baseline_logit_diff
         main = self.prob if what == "prob" else self.logit_diff
         ctrl = self.control_prob if what == "prob" else self.control_logit_diff
+        if signed:
+            hi, lo = int(np.argmax(self.alphas)), int(np.argmin(self.alphas))
+            m = float(main[hi] - main[lo])
+            c = None if ctrl is None else float(ctrl[hi] - ctrl[lo])
+            return m, c
         m = max(abs(x - base) for x in main)
         c = None if ctrl is None else max(abs(x - base) for x in ctrl)
         return m, c

@@ -107,6 +107,8 @@ def test_steering_curve_on_tiny_model(llama, tmp_path):
     assert (tmp_path / "curve.png").stat().st_size > 0 and len(fig.axes) == 2
     main, ctrl = curve.effect("logit_diff")
     assert main > 0 and ctrl is not None
+    push, _ = curve.effect("logit_diff", signed=True)
+    assert push == pytest.approx(curve.logit_diff[2] - curve.logit_diff[0])
 
 
 def test_steering_curve_oracle_against_manual_forward(llama):
