@@ -41,7 +41,7 @@ class ConceptSteeringConfig(RecipeConfig):
     )
     target_tokens: list[str] = field(default_factory=lambda: [" great", " good", " wonderful"])
     contrast_tokens: list[str] = field(default_factory=lambda: [" terrible", " bad", " awful"])
-    alphas: list[float] = field(default_factory=lambda: [-8.0, -4.0, -2.0, 0.0, 2.0, 4.0, 8.0])
+    alphas: list[float] = field(default_factory=lambda: [-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0])
     generate_alpha: float = 3.0
     max_new_tokens: int = 12
 
