@@ -48,6 +48,7 @@ def _check(config: RelationConceptsConfig, ctx: RunContext) -> None:
 def relation_concepts(config: RelationConceptsConfig, ctx: RunContext) -> dict[str, Any]:
     """LRCs (Chanin et al. 2024) per relation: accuracy and causality vs baselines."""
     from semhooks.relations import evaluate_relation, table_markdown
+    from semhooks.relations.evaluation import RelationEvaluation
 
     evaluations = []
     rows: dict[str, Any] = {}
@@ -78,6 +79,8 @@ def relation_concepts(config: RelationConceptsConfig, ctx: RunContext) -> dict[s
                 "n_valid": ev.n_valid,
                 "n_prompts": ev.n_prompts,
                 "n_test": ev.n_test,
+                "n_train": ev.n_train,
+                "n_objects": ev.n_objects,
                 "faithfulness": ev.faithfulness,
                 "category": ev.category,
             }
@@ -104,4 +107,21 @@ def relation_concepts(config: RelationConceptsConfig, ctx: RunContext) -> dict[s
             if r.get("causality") is not None:
                 summary[f"{name}_{method}_causality"] = r["causality"]
         summary[f"{name}_n_test"] = res["n_test"]
-    return {"summary": summary, "tables": [res["table"] for res in evaluations], "relations": rows}
+    combined = [
+        RelationEvaluation(
+            relation=name,
+            category=res.get("category"),
+            rows=res["rows"],
+            n_prompts=res["n_prompts"],
+            n_valid=res["n_valid"],
+            n_train=res.get("n_train", 0),
+            n_test=res["n_test"],
+            n_objects=res.get("n_objects", 0),
+            faithfulness=res.get("faithfulness"),
+        )
+        for name, res in rows.items()
+        if "rows" in res
+    ]
+    # one table: a row per relation, then the unweighted mean per category and overall
+    table = table_markdown(combined, by_category=True)
+    return {"summary": summary, "tables": [table], "relations": rows}
