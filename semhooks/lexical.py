@@ -787,26 +787,9 @@ def _probe_accuracy(
     cv: int,
     seed: int,
 ) -> float:
-    from sklearn.linear_model import LogisticRegressionCV
-    from sklearn.model_selection import StratifiedKFold
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
+    from semhooks.probing import fit_logistic_probe
 
     if len(np.unique(y_fit)) < 2:
         raise ValueError("the probe needs both labels (T and F) in the fit split")
-    folds = StratifiedKFold(n_splits=cv, shuffle=True, random_state=seed)
-    clf = make_pipeline(
-        StandardScaler(),
-        LogisticRegressionCV(
-            Cs=list(Cs),
-            cv=folds,
-            solver="liblinear",
-            max_iter=1000,
-            scoring="accuracy",
-            random_state=seed,
-        ),
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        clf.fit(x_fit, y_fit)
+    clf = fit_logistic_probe(x_fit, y_fit, Cs, cv, seed)
     return float((clf.predict(x_eval) == y_eval).mean())

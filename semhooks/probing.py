@@ -485,7 +485,7 @@ def pooling_study(
         for how in poolings:
             x = features[how].numpy(layer)
             t1 = time.perf_counter()
-            clf = _fit_probe(x[index["__train__"]], train.labels, Cs, cv, seed)
+            clf = fit_logistic_probe(x[index["__train__"]], train.labels, Cs, cv, seed)
             seconds = time.perf_counter() - t1 + (pooler_seconds / len(layer_list) if how == "weighted" else 0.0)  # fmt: skip
             c_value = float(clf[-1].C_[0])
             for name, data in sets.items():
@@ -545,13 +545,15 @@ def pooling_study(
     )
 
 
-def _fit_probe(
+def fit_logistic_probe(
     x: npt.NDArray[np.float32],
-    y: npt.NDArray[np.int64],
+    y: npt.NDArray[Any],
     Cs: Sequence[float],
     cv: int,
     seed: int,
 ) -> Any:
+    """Standardise, then logistic regression with ``C`` chosen by stratified, shuffled,
+    seeded ``cv``-fold cross-validation (liblinear). Returns the fitted pipeline."""
     from sklearn.linear_model import LogisticRegressionCV
     from sklearn.model_selection import StratifiedKFold
     from sklearn.pipeline import make_pipeline
