@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import subprocess
 import sys
-import threading
 import time
+
+from _memory import PeakSampler, rss_bytes
 
 WORDS = (
     "the a river bank money walked quickly over under bright dark model language meaning "
@@ -40,32 +40,6 @@ def make_texts(n: int, seed: int = 0) -> list[str]:
         words = [rng.choice(WORDS) for _ in range(k)]
         out.append(" ".join(words).capitalize() + ".")
     return out
-
-
-def rss_bytes() -> int:
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-class PeakSampler:
-    def __init__(self) -> None:
-        self.peak = rss_bytes()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, rss_bytes())
-            time.sleep(0.002)
-
-    def __enter__(self) -> PeakSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, rss_bytes())
 
 
 def run_variant(variant: str, n_texts: int, batch_size: int, threads: int) -> dict[str, float]:

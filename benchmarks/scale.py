@@ -25,8 +25,9 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
+
+from _memory import PeakSampler, rss_bytes
 
 WORDS = (
     "the a river bank money walked quickly over under bright dark model language meaning "
@@ -41,34 +42,6 @@ def make_texts(n: int, words: tuple[int, int], seed: int = 0) -> list[str]:
         k = rng.randint(*words)
         out.append(" ".join(rng.choice(WORDS) for _ in range(k)).capitalize() + f" {i}.")
     return out
-
-
-def rss_bytes() -> int:
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-class PeakSampler:
-    """Peak resident set size over a block, sampled on a thread."""
-
-    def __init__(self) -> None:
-        self.peak = rss_bytes()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, rss_bytes())
-            time.sleep(0.002)
-
-    def __enter__(self) -> PeakSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, rss_bytes())
 
 
 # ---------------------------------------------------------------------- workers
