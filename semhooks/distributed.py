@@ -464,26 +464,5 @@ def fit_lre_distributed(lre: Any, model: Any, prompts: Sequence[Any], state: Any
         progress=lre.progress,
         state=state,
     )
-    # Mirrors the tail of LRE.fit (kept in step by test_distributed's attribute check).
     lre._svd = None
-    lre.weight_ = res.weight.float()
-    lre.bias_ = res.bias.float()
-    lre.subject_states_ = res.subject_states
-    lre.object_states_ = res.object_states
-    lre.n_prompts_ = len(prompts)
-    lre.objects_ = sorted({p.object for p in prompts})
-    lre.relation_ = prompts[0].relation
-    lre.fit_seconds_ = res.seconds
-    lre.prefix_cache_used_ = res.prefix_cache
-    lre.subject_layer_ = adapter.resolve_layers(lre.subject_layer)[0]
-    lre.object_layer_ = adapter.resolve_layers(lre.object_layer)[0]
-    lre.provenance_ = adapter.provenance(
-        hook=adapter.hook_name("resid_post", lre.subject_layer_),
-        object_hook=adapter.hook_name("resid_post", lre.object_layer_),
-        subject_layer=lre.subject_layer_,
-        object_layer=lre.object_layer_,
-        pooling=f"subject last token -> object {lre.object_aggregation}",
-        world_size=int(state.num_processes),
-    )
-    lre._adapter = adapter
-    return lre
+    return lre._set_fit(adapter, prompts, res, world_size=int(state.num_processes))

@@ -208,6 +208,17 @@ class LRE:
                 progress=self.progress,
             )
             self._svd = (res.U.float(), res.S.float(), res.Vh.float())
+        return self._set_fit(adapter, prompts, res)
+
+    def _set_fit(
+        self,
+        adapter: ModelAdapter,
+        prompts: Sequence[RelationPrompt],
+        res: JacobianResult | LowRankJacobian,
+        **provenance: Any,
+    ) -> LRE:
+        """Store a fitted (mean) Jacobian and bias with their provenance (``fit`` and
+        :func:`semhooks.distributed.fit_lre_distributed` end here)."""
         self.weight_ = res.weight.float()
         self.bias_ = res.bias.float()
         self.subject_states_ = res.subject_states
@@ -225,6 +236,7 @@ class LRE:
             subject_layer=self.subject_layer_,
             object_layer=self.object_layer_,
             pooling=f"subject last token -> object {self.object_aggregation}",
+            **provenance,
         )
         self._adapter = adapter
         return self
