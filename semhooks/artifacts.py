@@ -131,9 +131,19 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def load_artifact(
-    path: str | os.PathLike[str], kind: str
+    path: str | os.PathLike[str],
+    kind: str,
+    *,
+    model: Any = None,
+    allow_other_model: bool = False,
+    verify: bool = True,
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Read an artifact written by :func:`save_artifact`, checking its kind and version."""
+    """Read an artifact written by :func:`save_artifact`, checking its kind and version.
+
+    With ``model``, also refuse an artifact made on another model (see
+    :func:`check_compatible`). ``verify=False`` skips the tensor checksum, for callers that
+    have already checked the whole file (e.g. against a shard manifest).
+    """
     meta = read_metadata(path)
     if meta.get("kind") != kind:
         raise ArtifactError(f"{path} holds a {meta.get('kind')!r}, expected a {kind!r}")
@@ -147,9 +157,18 @@ def load_artifact(
     except (SafetensorError, OSError, ValueError) as exc:
         raise ArtifactError(f"{path} is corrupted: {exc}") from exc
     stored = meta.get("tensors_sha256")
-    if stored is not None and tensors_digest(tensors) != stored:
+    if verify and stored is not None and tensors_digest(tensors) != stored:
         raise ArtifactError(
             f"{path} is corrupted: its tensors do not match the checksum saved with them"
+        )
+    if model is not None:
+        from semhooks.model import adapt
+
+        check_compatible(
+            meta,
+            adapt(model).provenance(),
+            f"the {kind} in {path}",
+            allow_other_model=allow_other_model,
         )
     return tensors, meta
 

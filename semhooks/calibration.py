@@ -39,7 +39,7 @@ from sklearn.utils.validation import check_is_fitted
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from semhooks.artifacts import ArtifactError, check_compatible, load_artifact, save_artifact
+from semhooks.artifacts import ArtifactError, load_artifact, save_artifact
 from semhooks.model import adapt
 from semhooks.vocab import SemanticBasis, label_basis, unembedding_hash
 
@@ -519,15 +519,11 @@ class SemanticCalibrator(ClassifierMixin, TransformerMixin, BaseEstimator):
     ) -> SemanticCalibrator:
         """Read a saved calibrator; with ``model``, refuse one made for another model (with
         ``allow_other_model=True``, still one whose W_U differs)."""
-        tensors, meta = load_artifact(path, "SemanticCalibrator")
+        tensors, meta = load_artifact(
+            path, "SemanticCalibrator", model=model, allow_other_model=allow_other_model
+        )
         if model is not None:
             adapter = adapt(model)
-            check_compatible(
-                meta,
-                adapter.provenance(),
-                "this SemanticCalibrator",
-                allow_other_model=allow_other_model,
-            )
             stored = meta.get("w_u_hash")
             if stored and stored != unembedding_hash(adapter):
                 raise ArtifactError(

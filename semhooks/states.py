@@ -219,8 +219,9 @@ class LayerStates:
         return save_artifact(path, "LayerStates", tensors, meta)
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> LayerStates:
-        tensors, meta = load_artifact(path, "LayerStates")
+    def load(cls, path: str | os.PathLike[str], *, verify: bool = True) -> LayerStates:
+        """Read states saved by :meth:`save` (``verify``: check the tensors' checksum)."""
+        tensors, meta = load_artifact(path, "LayerStates", verify=verify)
         if "states" not in tensors:
             raise ArtifactError(f"{path} has no 'states' tensor")
         return cls(
@@ -603,7 +604,7 @@ class ShardedStates:
             path = self.folder / shard["file"]
             if _sha256(path) != shard["sha256"]:
                 raise ArtifactError(f"shard {path} does not match its checksum in the manifest")
-            yield LayerStates.load(path)
+            yield LayerStates.load(path, verify=False)  # the file's sha256 was just checked
 
     def load(self) -> LayerStates:
         """Concatenate every shard (needs the whole result to fit in memory)."""

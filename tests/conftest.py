@@ -89,3 +89,17 @@ def any_backend_llama(request):
     if request.param == "bridge":
         return request.getfixturevalue("tiny_llama")
     return request.getfixturevalue("hooked_llama")
+
+
+@pytest.fixture
+def private_basis_cache(request, tmp_path, monkeypatch):
+    """Each tiny-model test gets its own semantic-basis cache; real-model tests share the
+    user's (the SmolLM2 basis takes ~15 s to build once)."""
+    if request.node.get_closest_marker("real"):
+        yield
+        return
+    from semhooks import vocab
+
+    monkeypatch.setenv("SEMHOOKS_CACHE", str(tmp_path / "cache"))
+    vocab._GRAM_CACHE.clear()
+    yield

@@ -24,12 +24,7 @@ from semhooks.calibration import (
 )
 from semhooks.datasets import TextClassificationDataset
 
-
-@pytest.fixture(autouse=True)
-def private_cache(request, tmp_path, monkeypatch):
-    if not request.node.get_closest_marker("real"):
-        monkeypatch.setenv("SEMHOOKS_CACHE", str(tmp_path / "cache"))
-    yield
+pytestmark = pytest.mark.usefixtures("private_basis_cache")
 
 
 def _synthetic(n: int = 200, d: int = 16, k: int = 3, seed: int = 0):

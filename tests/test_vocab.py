@@ -23,17 +23,7 @@ from semhooks.vocab import (
     vocab_lens,
 )
 
-
-@pytest.fixture(autouse=True)
-def private_cache(request, tmp_path, monkeypatch):
-    """Each tiny-model test gets its own basis cache; real-model tests share the user's (the
-    SmolLM2 basis takes ~15 s to build once)."""
-    if request.node.get_closest_marker("real"):
-        yield
-        return
-    monkeypatch.setenv("SEMHOOKS_CACHE", str(tmp_path / "cache"))
-    vocab._GRAM_CACHE.clear()
-    yield
+pytestmark = pytest.mark.usefixtures("private_basis_cache")
 
 
 @pytest.fixture(scope="module")

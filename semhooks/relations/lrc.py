@@ -25,7 +25,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from semhooks.artifacts import check_compatible, load_artifact, save_artifact
+from semhooks.artifacts import load_artifact, save_artifact
 from semhooks.model import ModelAdapter, adapt
 from semhooks.relations.lre import LRE, NotFittedError, _check_prompts
 from semhooks.relations.prompts import RelationPrompt, balanced_subset, prompt_states
@@ -372,14 +372,7 @@ class LRC:
     ) -> LRC:
         """Read an LRC; with ``model``, refuse one made on another model (or, with
         ``allow_other_model=True``, only one of another width or hook layout)."""
-        tensors, meta = load_artifact(path, _KIND)
-        if model is not None:
-            check_compatible(
-                meta,
-                adapt(model).provenance(),
-                f"the LRC in {path}",
-                allow_other_model=allow_other_model,
-            )
+        tensors, meta = load_artifact(path, _KIND, model=model, allow_other_model=allow_other_model)
         lrc = cls(**meta["params"])
         lrc.vectors_ = tensors["vectors"]
         lrc.object_means_ = tensors["object_means"]

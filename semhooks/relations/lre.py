@@ -24,7 +24,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from semhooks.artifacts import check_compatible, load_artifact, save_artifact
+from semhooks.artifacts import load_artifact, save_artifact
 from semhooks.model import ModelAdapter, adapt
 from semhooks.relations.jacobian import (
     JacobianResult,
@@ -357,14 +357,7 @@ class LRE:
     ) -> LRE:
         """Read an LRE; with ``model``, refuse one made on another model (or, with
         ``allow_other_model=True``, only one of another width or hook layout)."""
-        tensors, meta = load_artifact(path, _KIND)
-        if model is not None:
-            check_compatible(
-                meta,
-                adapt(model).provenance(),
-                f"the LRE in {path}",
-                allow_other_model=allow_other_model,
-            )
+        tensors, meta = load_artifact(path, _KIND, model=model, allow_other_model=allow_other_model)
         lre = cls(**meta["params"])
         lre.weight_ = tensors["weight"]
         lre.bias_ = tensors["bias"]
