@@ -74,7 +74,6 @@ def relation_concepts(config: RelationConceptsConfig, ctx: RunContext) -> dict[s
             except ValueError as exc:
                 return {"skipped": str(exc)}
             return {
-                "table": table_markdown([ev], by_category=False),
                 "rows": ev.rows,
                 "n_valid": ev.n_valid,
                 "n_prompts": ev.n_prompts,
@@ -88,7 +87,19 @@ def relation_concepts(config: RelationConceptsConfig, ctx: RunContext) -> dict[s
         result = ctx.cached_json(f"relation_{name}", run)
         rows[name] = result
         if "rows" in result:
-            evaluations.append(result)
+            evaluations.append(
+                RelationEvaluation(
+                    relation=name,
+                    category=result.get("category"),
+                    rows=result["rows"],
+                    n_prompts=result["n_prompts"],
+                    n_valid=result["n_valid"],
+                    n_train=result.get("n_train", 0),
+                    n_test=result["n_test"],
+                    n_objects=result.get("n_objects", 0),
+                    faithfulness=result.get("faithfulness"),
+                )
+            )
     if not evaluations:
         reasons = "; ".join(f"{name}: {res['skipped']}" for name, res in rows.items())
         raise RuntimeError(
@@ -107,21 +118,6 @@ def relation_concepts(config: RelationConceptsConfig, ctx: RunContext) -> dict[s
             if r.get("causality") is not None:
                 summary[f"{name}_{method}_causality"] = r["causality"]
         summary[f"{name}_n_test"] = res["n_test"]
-    combined = [
-        RelationEvaluation(
-            relation=name,
-            category=res.get("category"),
-            rows=res["rows"],
-            n_prompts=res["n_prompts"],
-            n_valid=res["n_valid"],
-            n_train=res.get("n_train", 0),
-            n_test=res["n_test"],
-            n_objects=res.get("n_objects", 0),
-            faithfulness=res.get("faithfulness"),
-        )
-        for name, res in rows.items()
-        if "rows" in res
-    ]
     # one table: a row per relation, then the unweighted mean per category and overall
-    table = table_markdown(combined, by_category=True)
+    table = table_markdown(evaluations, by_category=True)
     return {"summary": summary, "tables": [table], "relations": rows}
