@@ -174,23 +174,37 @@ def test_table_markdown_per_relation_and_category():
 
 
 # ---------------------------------------------------------------------- SmolLM2
-REAL_RELATIONS = ["landmark_on_continent", "substance_phase"]
+# The relations with the highest three-shot validation yield on SmolLM2 among those with at
+# least three objects (person_native_language 55/80, landmark_on_continent 51/80,
+# object_superclass 39/64, substance_phase 24/50), less landmark_on_continent: no direction
+# (LRC, logistic, SVM or mean difference) swaps its answer in a majority of cases at any
+# layer (8, 15) or strength we tried (0.2-0.52; its subjects are multi-word names such as
+# "Pidgeon Island"), which the README reports. Subject layer 8 and a swap at every layer
+# with alpha 0.035 were chosen on split seed 0 and confirmed on seed 1 (80 subjects each).
+# Measured with this fixture (60 subjects): LRC accuracy 0.75 / 0.82 / 0.67 against 0.35 /
+# 0.53 / 0.33 for mean difference; LRC swap 0.55 / 0.94 / 0.83 (mean 0.77), control
+# 0.05 / 0.00 / 0.08. One test subject moves a cell by 5-8 points.
+REAL_RELATIONS = ["person_native_language", "object_superclass", "substance_phase"]
+SUBJECT_LAYER = 8
+MARGIN_ACC = 0.2  # LRC mean accuracy over mean difference: measured +0.35
+MIN_SWAP = 0.5  # each relation: measured >= 0.55
+MIN_MEAN_SWAP = 0.7  # measured 0.77
+MAX_CONTROL = 0.15  # measured <= 0.08
 
 
 @pytest.fixture(scope="module")
 def real_results(smollm2):
-    """LRC and baselines on SmolLM2, three-shot, layer 15 -> 29, randomized rank 50."""
+    """LRC and the mean-difference baseline on SmolLM2, three-shot, layer 8 -> 29."""
     return [
         evaluate_relation(
             smollm2,
             rel,
-            subject_layer=15,
+            subject_layer=SUBJECT_LAYER,
             object_layer=29,
             rank=50,
             method="randomized",
-            n_lre_prompts=10,
-            max_prompts=40,
-            alpha=0.05,
+            max_prompts=60,
+            alpha=0.035,
             swap_layers="all",
             baselines=("mean_difference",),
             seed=0,
@@ -201,28 +215,26 @@ def real_results(smollm2):
 
 @pytest.mark.real
 @pytest.mark.slow
-def test_real_lrc_classifies_held_out_subjects_well_above_chance(real_results):
-    # Chanin et al. also report LRCs beating mean-difference probes; on SmolLM2 with ~10 test
-    # subjects per relation that comparison goes either way (see the README's table), so it
-    # is reported, not asserted.
+def test_real_lrc_beats_chance_and_mean_difference(real_results):
+    table = table_markdown(real_results)
     for ev in real_results:
-        chance = 1.0 / ev.n_objects
-        assert ev.n_test >= 8, ev.to_markdown()
-        assert ev.row("LRC")["accuracy"] >= chance + 0.3, ev.to_markdown()
+        assert ev.n_test >= 8, table
+        assert ev.row("LRC")["accuracy"] >= 1.0 / ev.n_objects + 0.3, table
+    lrc = np.mean([ev.row("LRC")["accuracy"] for ev in real_results])
+    md = np.mean([ev.row("mean_difference")["accuracy"] for ev in real_results])
+    assert lrc >= md + MARGIN_ACC, table
 
 
 @pytest.mark.real
 @pytest.mark.slow
-def test_real_concept_swap_flips_answers_and_control_does_not(real_results):
-    # landmark_on_continent's LRC swap rarely flips SmolLM2's answer (0.08 at alpha 0.025-1.0,
-    # one layer or all: a measured negative result, in the README); substance_phase's does.
-    by = {ev.relation: ev.row("LRC") for ev in real_results}
-    assert by["substance_phase"]["causality"] >= 0.6, table_markdown(real_results)
+def test_real_concept_swap_flips_a_clear_majority_and_control_does_not(real_results):
+    table = table_markdown(real_results)
     for ev in real_results:
         row = ev.row("LRC")
-        assert row["control"] <= 0.2, ev.to_markdown()
-        assert row["causality"] >= row["control"], ev.to_markdown()
-        assert row["baseline"] == 0.0  # validated prompts: the original answer wins
+        assert row["baseline"] == 0.0, table  # validated prompts: the original answer wins
+        assert row["causality"] >= MIN_SWAP, table
+        assert row["control"] <= MAX_CONTROL, table
+    assert np.mean([ev.row("LRC")["causality"] for ev in real_results]) >= MIN_MEAN_SWAP, table
 
 
 @pytest.mark.real
