@@ -10,7 +10,9 @@ subject layer 15 -> object layer 29:
 
 It prints wall time, the relative Frobenius error of (b) against (a), principal angles
 between the top-``rank`` singular subspaces of (c) and (b), and then LRC test accuracy of
-(b) and (c) on ``--accuracy-relations`` (same validated split, same LRE prompts).
+(b) and (c) on ``--accuracy-relations`` (same validated split, same LRE prompts), (c)
+averaged over ``--sketch-seeds`` (5) random sketches: a single sketch is one draw of a
+random estimator and moves an 11-21-subject accuracy by up to 10 points.
 
 Targets (issue 4): (b) >= 3x faster than (a) with relative error < 1e-4; (c) >= 10x faster
 than (a), LRC accuracy within 2 points of (b) over at least 5 relations.
@@ -145,6 +147,13 @@ def timing(model, args) -> dict:
 
 
 def accuracy(model, args) -> list[dict]:
+    """Exact vs randomized LRC accuracy on each relation's validated split.
+
+    The randomized accuracy is averaged over ``--sketch-seeds`` Gaussian sketches (same LRE
+    prompts, same split): one sketch is one draw of a random estimator, and on 11-21 test
+    subjects a single draw moves a relation's accuracy by up to 10 points either way. The
+    exact path's own sensitivity to the inverse rank (40-60) is printed beside it.
+    """
     rows = []
     for rel in args.accuracy_relations:
         kept = valid_prompts(model, rel, args.max_prompts, args.seed)
@@ -160,34 +169,40 @@ def accuracy(model, args) -> list[dict]:
             "n_test": len(test),
             "n_objects": n_obj,
         }
-        variants = [("exact", "exact", 0), ("randomized", "randomized", args.power_iter)]
-        if args.power_iter == 0:
-            variants.append(("randomized_q1", "randomized", 1))
-        for label, method, q in variants:
+        common = dict(n_power_iter=args.power_iter, seed=args.seed, progress=False)
+        t0 = time.perf_counter()
+        exact = LRC(args.subject_layer, args.object_layer, args.rank, method="exact", **common)
+        exact.fit(model, train)
+        row["exact_fit_s"] = time.perf_counter() - t0
+        row["exact_acc"] = exact.score(model, test)
+        row["exact_acc_by_rank"] = {
+            r: exact.with_rank(r).score(model, test)
+            for r in (args.rank - 10, args.rank - 5, args.rank + 5, args.rank + 10)
+        }
+        accs, fit_s = [], []
+        for sketch in range(args.sketch_seeds):
             t0 = time.perf_counter()
-            lrc = LRC(
+            low = LRC(
                 args.subject_layer,
                 args.object_layer,
                 args.rank,
-                method=method,
-                n_power_iter=q,
-                seed=args.seed,
-                progress=False,
+                method="randomized",
+                sketch_seed=args.seed + sketch,
+                **common,
             ).fit(model, train)
-            row[f"{label}_fit_s"] = time.perf_counter() - t0
-            row[f"{label}_lre_s"] = lrc.lre_.fit_seconds_
-            row[f"{label}_acc"] = lrc.score(model, test)
+            fit_s.append(time.perf_counter() - t0)
+            accs.append(low.score(model, test))
+        row["randomized_accs"] = accs
+        row["randomized_acc"] = float(np.mean(accs))
+        row["randomized_fit_s"] = float(np.mean(fit_s))
         row["chance"] = 1.0 / n_obj
         rows.append(row)
+        by_rank = " ".join(f"{v:.2f}" for v in row["exact_acc_by_rank"].values())
         print(
-            f"{rel:28s} test={len(test):3d} objects={n_obj:2d}  exact={row['exact_acc']:.3f} "
-            f"randomized={row['randomized_acc']:.3f}"
-            + (
-                f" (1 power it. {row['randomized_q1_acc']:.3f})"
-                if "randomized_q1_acc" in row
-                else ""
-            )
-            + f"  (LRE {row['exact_lre_s']:.0f}s vs {row['randomized_lre_s']:.0f}s)",
+            f"{rel:24s} test={len(test):3d} objects={n_obj:2d}  exact={row['exact_acc']:.3f} "
+            f"(ranks -10..+10: {by_rank})  randomized mean={row['randomized_acc']:.3f} over "
+            f"{len(accs)} sketches [{min(accs):.2f}..{max(accs):.2f}]  (fit "
+            f"{row['exact_fit_s']:.0f}s vs {row['randomized_fit_s']:.0f}s)",
             flush=True,
         )
     return rows
@@ -207,6 +222,9 @@ def main() -> None:
     ap.add_argument("--skip-accuracy", action="store_true")
     ap.add_argument("--skip-timing", action="store_true")
     ap.add_argument("--power-iter", type=int, default=0, help="for the accuracy comparison")
+    ap.add_argument(
+        "--sketch-seeds", type=int, default=5, help="randomized sketches averaged per relation"
+    )
     ap.add_argument("--accuracy-relations", nargs="*", default=DEFAULT_ACCURACY_RELATIONS)
     ap.add_argument("--json", default=None, help="write the results here")
     args = ap.parse_args()
@@ -269,21 +287,33 @@ def report_timing(t: dict) -> dict:
 
 
 def report_accuracy(model, args) -> dict:
-    print(f"\n== LRC accuracy (rank {args.rank}), exact vs randomized ==")
+    q = f", {args.power_iter} power iteration(s)" if args.power_iter else ""
+    print(f"\n== LRC accuracy (rank {args.rank}{q}), exact vs randomized ==")
     rows = accuracy(model, args)
-    res: dict = {"accuracy": rows}
+    res: dict = {"accuracy": rows, "sketch_seeds": args.sketch_seeds, "power_iter": args.power_iter}
     if rows:
-        ex = float(np.mean([r["exact_acc"] for r in rows]))
-        rn = float(np.mean([r["randomized_acc"] for r in rows]))
+        n = np.array([r["n_test"] for r in rows], dtype=float)
+        ex = np.array([r["exact_acc"] for r in rows])
+        rn = np.array([r["randomized_acc"] for r in rows])
+        first = np.array([r["randomized_accs"][0] for r in rows])
+        gap = 100 * float(np.mean(rn - ex))
+        pooled = 100 * float(((rn - ex) * n).sum() / n.sum())
         print(
-            f"mean over {len(rows)} relations: exact {ex:.3f}, randomized {rn:.3f}, "
-            f"difference {100 * (rn - ex):+.1f} points"
+            f"mean over {len(rows)} relations: exact {ex.mean():.3f}, randomized "
+            f"{rn.mean():.3f} (mean of {args.sketch_seeds} sketches): {gap:+.1f} points "
+            f"unweighted, {pooled:+.1f} pooled over {int(n.sum())} test subjects"
         )
-        res["mean_exact_acc"], res["mean_randomized_acc"] = ex, rn
-        if all("randomized_q1_acc" in r for r in rows):
-            q1 = float(np.mean([r["randomized_q1_acc"] for r in rows]))
-            print(f"  with 1 power iteration: {q1:.3f} ({100 * (q1 - ex):+.1f} points)")
-            res["mean_randomized_q1_acc"] = q1
+        print(
+            f"  one sketch (seed {args.seed}) alone: {100 * float(np.mean(first - ex)):+.1f} points"
+        )
+        ok = len(rows) >= 5 and abs(gap) <= 2 and abs(pooled) <= 2
+        print(f"target: within 2 points over >= 5 relations: {'PASS' if ok else 'FAIL'}")
+        res.update(
+            mean_exact_acc=float(ex.mean()),
+            mean_randomized_acc=float(rn.mean()),
+            gap_points=gap,
+            pooled_gap_points=pooled,
+        )
     return res
 
 

@@ -86,6 +86,20 @@ def test_lrc_with_rank_equals_refit_at_that_rank(tiny_llama, toy_lrc):
     assert toy_lrc.rank == 8
 
 
+def test_lrc_sketch_seed_changes_only_the_randomized_sketch(tiny_llama):
+    def fit(**kw):
+        return LRC(0, 2, rank=4, n_lre_prompts=4, method="randomized", progress=False, **kw).fit(
+            tiny_llama, toy_prompts()
+        )
+
+    base, same, other = fit(seed=3), fit(seed=3, sketch_seed=3), fit(seed=3, sketch_seed=4)
+    torch.testing.assert_close(same.vectors_, base.vectors_)
+    assert [p.subject for p in other.lre_prompts_] == [p.subject for p in base.lre_prompts_]
+    assert not torch.allclose(other.lre_.weight_, base.lre_.weight_)
+    # the bias comes from exact J_i s_i products, not from the sketch
+    torch.testing.assert_close(other.lre_.bias_, base.lre_.bias_, atol=1e-5, rtol=1e-4)
+
+
 def test_lrc_save_load_roundtrip_and_refusal(tiny_llama, toy_lrc, tmp_path):
     path = toy_lrc.save(tmp_path / "toy.lrc")
     back = LRC.load(path, tiny_llama)

@@ -103,6 +103,8 @@ class LRC:
         method: LRE Jacobians, ``"exact"`` or ``"randomized"`` (rank ``rank``).
         oversampling, n_power_iter: randomized path settings.
         seed: seeds the balanced LRE subset and the randomized sketch.
+        sketch_seed: seeds the randomized sketch alone (default: ``seed``), to average over
+            sketches with the same LRE prompts.
         prefix_cache, chunk_size: passed to the LRE.
         batch_size: prompts per forward when reading states.
         progress: show progress bars.
@@ -129,6 +131,7 @@ class LRC:
         oversampling: int = 10,
         n_power_iter: int = 0,
         seed: int = 0,
+        sketch_seed: int | None = None,
         prefix_cache: bool | Literal["auto"] = "auto",
         chunk_size: int | None = None,
         batch_size: int = 16,
@@ -143,6 +146,7 @@ class LRC:
         self.oversampling = oversampling
         self.n_power_iter = n_power_iter
         self.seed = seed
+        self.sketch_seed = sketch_seed
         self.prefix_cache = prefix_cache
         self.chunk_size = chunk_size
         self.batch_size = batch_size
@@ -159,6 +163,7 @@ class LRC:
         "oversampling",
         "n_power_iter",
         "seed",
+        "sketch_seed",
         "prefix_cache",
         "chunk_size",
         "batch_size",
@@ -214,7 +219,7 @@ class LRC:
             rank=self.rank if self.method == "randomized" else None,
             oversampling=self.oversampling,
             n_power_iter=self.n_power_iter,
-            seed=self.seed,
+            seed=self.seed if self.sketch_seed is None else self.sketch_seed,
             prefix_cache=self.prefix_cache,
             chunk_size=self.chunk_size,
             progress=self.progress,
