@@ -12,7 +12,7 @@ It prints wall time, the relative Frobenius error of (b) against (a), principal 
 between the top-``rank`` singular subspaces of (c) and (b), and then LRC test accuracy of
 (b) and (c) on ``--accuracy-relations`` (same validated split, same LRE prompts), (c)
 averaged over ``--sketch-seeds`` (5) random sketches: a single sketch is one draw of a
-random estimator and moves an 11-21-subject accuracy by up to 10 points.
+random estimator and moved an 11-21-subject accuracy by up to 18 points.
 
 Targets (issue 4): (b) >= 3x faster than (a) with relative error < 1e-4; (c) >= 10x faster
 than (a), LRC accuracy within 2 points of (b) over at least 5 relations.
@@ -151,7 +151,7 @@ def accuracy(model, args) -> list[dict]:
 
     The randomized accuracy is averaged over ``--sketch-seeds`` Gaussian sketches (same LRE
     prompts, same split): one sketch is one draw of a random estimator, and on 11-21 test
-    subjects a single draw moves a relation's accuracy by up to 10 points either way. The
+    subjects a single draw moved a relation's accuracy by up to 18 points. The
     exact path's own sensitivity to the inverse rank (40-60) is printed beside it.
     """
     rows = []
