@@ -44,6 +44,7 @@ SITES: dict[str, str] = {
 }
 ENCODER_MODEL_TYPES = {"bert", "roberta", "distilbert", "albert", "electra", "deberta", "mpnet"}
 HookFn = Callable[[Tensor, Any], Any]
+_UNSET = object()
 
 
 @runtime_checkable
@@ -143,6 +144,10 @@ class ModelAdapter:
         self.pad_token_id: int = int(pad)
         # Some bridges keep internal hooks of their own; hygiene checks compare to this.
         self.baseline_hooks: int = active_hook_count(model)
+        self._cache_kwarg: str | None | object = _UNSET
+        # Whether the KV-cached forward was checked equal to the full one (None: not yet).
+        self.prefix_cache_verified: bool | None = None
+        self.prefix_cache_error: float | None = None
 
     # ------------------------------------------------------------------ description
     def _model_type(self) -> str:
@@ -354,6 +359,124 @@ class ModelAdapter:
         except StopForward:
             return None
 
+    # ------------------------------------------------------------------ KV prefix cache
+    def kv_cache_unsupported(self) -> str | None:
+        """Why this model cannot run a suffix on top of a cached prefix (None: it can).
+
+        The bridge uses Hugging Face's own cache object; HookedTransformer its
+        ``HookedTransformerKeyValueCache``. Encoders never can: their prefix depends on
+        the tokens after it.
+        """
+        if self.is_encoder:
+            return f"{self.name} is an encoder: its prefix states depend on later tokens"
+        if self.backend == "hooked":
+            if _tl_kv_cache_class() is None:  # pragma: no cover - every TL 3.x has one
+                return "this TransformerLens has no HookedTransformer KV cache class"
+            return None
+        hf = getattr(self.model, "original_model", None)
+        if getattr(hf, "config", None) is None:
+            return f"{self.name}: this bridge wraps no Hugging Face model with a config"
+        if self._hf_cache_kwarg() is None:
+            return (
+                f"{self.name}: its Hugging Face forward takes neither `cache` nor `past_key_values`"
+            )
+        return None
+
+    def _hf_cache_kwarg(self) -> str | None:
+        """The name the wrapped Hugging Face forward gives its KV cache argument.
+
+        transformers 5.24 renamed ``past_key_values`` to ``cache`` (the old name is
+        deprecated until 5.40), while TransformerLens 4.3's attention bridges still read
+        ``past_key_values``; :meth:`forward_on_cache` bridges the two.
+        """
+        if self._cache_kwarg is not _UNSET:
+            return self._cache_kwarg  # type: ignore[return-value]
+        import inspect
+
+        hf = getattr(self.model, "original_model", None)
+        name: str | None = None
+        try:
+            params = inspect.signature(hf.forward).parameters  # type: ignore[union-attr]
+        except (TypeError, ValueError, AttributeError):
+            params = {}  # type: ignore[assignment]
+        if "cache" in params:
+            name = "cache"
+        elif "past_key_values" in params:
+            name = "past_key_values"
+        self._cache_kwarg = name
+        return name
+
+    def new_kv_cache(self) -> Any:
+        """An empty KV cache for one row, in the backend's own cache type."""
+        reason = self.kv_cache_unsupported()
+        if reason is not None:
+            raise ValueError(f"no KV prefix cache: {reason}")
+        if self.backend == "hooked":
+            return _tl_kv_cache_class().init_cache(self.model.cfg, self.device, 1)  # type: ignore[union-attr]
+        from transformers import DynamicCache
+
+        return DynamicCache(config=self.model.original_model.config)
+
+    @staticmethod
+    def kv_cache_length(cache: Any) -> int:
+        """Positions held by a cache from :meth:`new_kv_cache`."""
+        if hasattr(cache, "get_seq_length"):
+            return int(cache.get_seq_length())
+        entries = getattr(cache, "entries", None)
+        if entries:
+            return int(entries[0].past_keys.shape[1])
+        return 0
+
+    @contextlib.contextmanager
+    def _cache_kwarg_shim(self) -> Iterator[None]:
+        """Hand a ``cache=`` argument to bridge attention components that read
+        ``past_key_values`` (TransformerLens 4.3 under transformers >= 5.24); a no-op when
+        the names agree. Pre-hooks live only for the duration of the block."""
+        if self.backend != "bridge" or self._hf_cache_kwarg() != "cache":
+            yield
+            return
+
+        def pre(module: Any, args: Any, kwargs: dict[str, Any]) -> Any:
+            if kwargs.get("past_key_values") is None and kwargs.get("cache") is not None:
+                kwargs["past_key_values"] = kwargs["cache"]
+            return args, kwargs
+
+        handles = [
+            m.register_forward_pre_hook(pre, with_kwargs=True)
+            for m in self.model.modules()
+            if hasattr(m, "_update_kv_cache")
+        ]
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+
+    def forward_on_cache(
+        self,
+        input_ids: Int[Tensor, "1 pos"],
+        cache: Any,
+        fwd_hooks: list[tuple[str, HookFn]] | None = None,
+    ) -> Tensor | None:
+        """Run ``input_ids`` (one row, no padding) after the positions held in ``cache``,
+        which is extended in place (copy it first to reuse a prefix). Autograd follows the
+        caller's grad mode. Returns the logits, or None when a hook raised StopForward."""
+        ids = input_ids.to(self.device)
+        past = self.kv_cache_length(cache)
+        try:
+            with self._cache_kwarg_shim(), self.hooks(fwd_hooks or []):
+                if self.backend == "hooked":
+                    # HookedTransformer appends the new tokens' mask to the one it keeps.
+                    return self.model(ids, attention_mask=torch.ones_like(ids), past_kv_cache=cache)
+                mask = torch.ones(ids.shape[0], past + ids.shape[1], dtype=torch.long)
+                kwarg = self._hf_cache_kwarg()
+                assert kwarg is not None
+                return self.model(
+                    ids, attention_mask=mask.to(self.device), use_cache=True, **{kwarg: cache}
+                )
+        except StopForward:
+            return None
+
     # ------------------------------------------------------------------ unembedding
     @property
     def W_U(self) -> Float[Tensor, "d_model vocab"]:
@@ -377,6 +500,21 @@ class ModelAdapter:
 
     def to_token_ids(self, strings: Sequence[str]) -> list[list[int]]:
         return [self.tokenizer(s, add_special_tokens=False)["input_ids"] for s in strings]
+
+
+def _tl_kv_cache_class() -> Any:
+    """HookedTransformer's KV cache class (renamed between TransformerLens 3.x releases)."""
+    import importlib
+
+    for module, cls in (
+        ("transformer_lens.cache.key_value_cache", "TransformerLensKeyValueCache"),
+        ("transformer_lens.past_key_value_caching", "HookedTransformerKeyValueCache"),
+    ):
+        try:
+            return getattr(importlib.import_module(module), cls)
+        except (ImportError, AttributeError):
+            continue
+    return None
 
 
 _SEEN_MODELS: weakref.WeakSet[Any] = weakref.WeakSet()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import warnings
 
 import pytest
 import torch
@@ -11,9 +10,8 @@ import torch
 from semhooks.model import leaked_hooks, seen_models
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-warnings.filterwarnings("ignore", category=UserWarning)
-warnings.filterwarnings("ignore", category=FutureWarning)
-warnings.filterwarnings("ignore", category=DeprecationWarning)
+# No global warning filters here: pyproject.toml turns every semhooks warning into an error
+# (a test that expects one says so with pytest.warns) and ignores only named third-party ones.
 
 
 @pytest.fixture(autouse=True)
@@ -59,6 +57,17 @@ def smollm2():
         return load_model("smollm2-135m")
     except ModuleNotFoundError as exc:
         pytest.skip(f"SmolLM2 is not installed: {exc}")
+
+
+@pytest.fixture(scope="session")
+def smollm2_hooked():
+    """SmolLM2 as a TransformerLens 3.x HookedTransformer (skipped under TL 4.x)."""
+    from semhooks import load_model
+    from semhooks.hooked import hooked_transformer_available
+
+    if not hooked_transformer_available():
+        pytest.skip("HookedTransformer needs TransformerLens 3.x (make tl3)")
+    return load_model("smollm2-135m", backend="hooked")
 
 
 @pytest.fixture(scope="session")

@@ -168,12 +168,40 @@ def test_exact_jacobian_equals_full_forward_reference(fixture, aggregation, requ
     torch.testing.assert_close(J_full, J_ref, atol=1e-5, rtol=1e-4)
 
 
-def test_prefix_cache_is_used_on_the_bridge(tiny_llama):
-    fmap = SubjectObjectMap(tiny_llama, 0, 2)
+@pytest.mark.backend
+def test_prefix_cache_is_used_and_exact_on_both_backends(any_backend_llama):
+    """Bridge: Hugging Face's cache (whatever transformers names the argument);
+    HookedTransformer: its own KV cache. Either way the Jacobian equals the full-pass one."""
+    model = any_backend_llama
+    fmap = SubjectObjectMap(model, 0, 2)
     prep = fmap.prepare(capital_prompts(2)[2:3])[0]
-    assert prep.cache is not None and prep.cache.get_seq_length() == prep.subject_pos
-    res = mean_jacobian(tiny_llama, capital_prompts(2)[2:3], 0, 2, progress=False)
+    assert prep.cache is not None and adapt(model).kv_cache_length(prep.cache) == prep.subject_pos
+    res = mean_jacobian(model, capital_prompts(2)[2:3], 0, 2, progress=False)
     assert res.prefix_cache
+    full = mean_jacobian(model, capital_prompts(2)[2:3], 0, 2, progress=False, prefix_cache=False)
+    assert not full.prefix_cache
+    torch.testing.assert_close(res.weight, full.weight, atol=1e-5, rtol=1e-4)
+
+
+def test_a_cache_that_differs_from_the_full_forward_falls_back_loudly(monkeypatch):
+    from semhooks.errors import FallbackWarning
+
+    model = tiny_model("llama")
+    adapter = adapt(model)
+    real = adapter.forward_on_cache
+
+    def corrupt(ids, cache, fwd_hooks=None):  # a cache that silently drops the prefix
+        return (
+            real(ids, adapter.new_kv_cache(), fwd_hooks)
+            if cache.get_seq_length()
+            else real(ids, cache, fwd_hooks)
+        )
+
+    monkeypatch.setattr(adapter, "forward_on_cache", corrupt)
+    with pytest.warns(FallbackWarning, match="differs from the full forward"):
+        res = mean_jacobian(model, capital_prompts(2)[2:3], 0, 2, progress=False)
+    assert not res.prefix_cache and adapter.prefix_cache_verified is False
+    assert adapter.prefix_cache_error is not None and adapter.prefix_cache_error > 1e-4
 
 
 def test_lre_on_one_prompt_reproduces_its_object_state(tiny_llama):

@@ -10,13 +10,15 @@ How the cost is cut (what is computed once, what is cached):
   swaps the value at the subject position for a leaf tensor; every other position keeps
   the model's own value, so ``J`` is the derivative the LRE needs and nothing else.
 - **The prefix is computed once, as a KV cache.** In a causal model the tokens before the
-  subject's last token do not depend on ``s``. On the TransformerBridge backend the prefix
-  runs once, without autograd, into a Hugging Face ``DynamicCache`` (stopped after block
-  ``l_o``); the differentiable pass then runs only the suffix (subject token to last object
-  position) on top of that cache, so each backward pass touches ``T - p_s`` positions
+  subject's last token do not depend on ``s``. The prefix runs once, without autograd, into
+  the backend's own KV cache (Hugging Face's cache on the bridge, whatever it names its
+  cache argument; ``HookedTransformerKeyValueCache`` on TransformerLens 3.x), stopped after
+  block ``l_o``; the differentiable pass then runs only the suffix (subject token to last
+  object position) on top of that cache, so each product touches ``T - p_s`` positions
   instead of ``T``. The cached path is checked once per model against a full forward pass
-  (it falls back to full passes, with a warning, if they disagree); other backends always
-  use full passes (``prefix_cache=False`` forces them).
+  (relative error below ``CACHE_TOLERANCE``); when it cannot be used, a
+  :class:`~semhooks.errors.FallbackWarning` says so once per model and full passes are used
+  (``prefix_cache=False`` asks for them silently, ``True`` refuses to fall back).
 - **The forward stops at the object layer** (a hook raises ``StopForward``), so blocks after
   ``l_o`` and the unembedding never run.
 - **Products are batched**: the exact Jacobian is ``d`` vector-Jacobian products from one
@@ -39,6 +41,7 @@ from __future__ import annotations
 import copy
 import time
 import warnings
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -48,6 +51,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from semhooks.errors import FallbackWarning
 from semhooks.model import HookFn, ModelAdapter, StopForward, adapt
 from semhooks.relations.prompts import RelationPrompt, encode_prompts
 
@@ -63,6 +67,17 @@ __all__ = [
 ]
 
 Aggregation = Literal["mean", "first"]
+# Relative error allowed between the KV-cached and the full forward's object state.
+CACHE_TOLERANCE = 1e-4
+_WARNED: weakref.WeakSet[ModelAdapter] = weakref.WeakSet()
+
+
+def _warn_once(adapter: ModelAdapter, message: str) -> None:
+    """A :class:`~semhooks.errors.FallbackWarning`, once per model."""
+    if adapter in _WARNED:
+        return
+    _WARNED.add(adapter)
+    warnings.warn(message, FallbackWarning, stacklevel=4)
 
 
 @dataclass
@@ -87,8 +102,9 @@ class SubjectObjectMap:
             positions.
         aggregation: ``"mean"`` over the object positions, or ``"first"`` (the last prompt
             token only).
-        prefix_cache: ``"auto"`` (bridge: KV-cache the prefix, checked once per model),
-            True (require it) or False (full forward passes).
+        prefix_cache: ``"auto"`` (KV-cache the prefix where the backend can, checked once
+            per model, with a FallbackWarning where it cannot), True (require it) or False
+            (full forward passes).
     """
 
     def __init__(
@@ -123,32 +139,25 @@ class SubjectObjectMap:
         self.use_cache = self._decide_cache(prefix_cache)
 
     # ------------------------------------------------------------------ prefix cache
-    def _cache_supported(self) -> bool:
-        hf = getattr(self.adapter.model, "original_model", None)
-        return self.adapter.backend == "bridge" and getattr(hf, "config", None) is not None
-
-    def _new_cache(self) -> Any:
-        from transformers import DynamicCache
-
-        return DynamicCache(config=self.adapter.model.original_model.config)
-
     def _decide_cache(self, prefix_cache: bool | Literal["auto"]) -> bool:
         if prefix_cache is False:
             return False
-        supported = self._cache_supported()
-        if prefix_cache is True and not supported:
-            raise ValueError(
-                f"prefix_cache=True needs a TransformerBridge over a Hugging Face decoder; "
-                f"{self.adapter.name} runs on the {self.adapter.backend!r} backend. Use "
-                "prefix_cache='auto' or False"
-            )
-        return supported
+        reason = self.adapter.kv_cache_unsupported()
+        if reason is None:
+            return True
+        if prefix_cache is True:
+            raise ValueError(f"prefix_cache=True, but the prefix cannot be cached: {reason}")
+        _warn_once(
+            self.adapter,
+            f"{self.adapter.name}: no KV prefix cache ({reason}); Jacobians use full forward "
+            "passes, several times slower. Pass prefix_cache=False to silence this",
+        )
+        return False
 
     def _check_cache(self, prep: _Prepared) -> None:
         """Compare the cached path with a full pass once per model; fall back if they differ."""
-        model = self.adapter.model
-        verdict = getattr(model, "_semhooks_prefix_cache_ok", None)
-        if verdict is None:
+        adapter = self.adapter
+        if adapter.prefix_cache_verified is None:
             with torch.no_grad():
                 full = self._run(
                     _Prepared(prep.prompt, prep.input_ids, prep.subject_pos, prep.object_pos, None),
@@ -156,18 +165,17 @@ class SubjectObjectMap:
                 )[1]
                 cached = self._run(prep, None)[1]
             err = float((full - cached).norm() / full.norm().clamp_min(1e-12))
-            verdict = err < 1e-3
-            if not verdict:
-                warnings.warn(
-                    f"{self.adapter.name}: the prefix-KV-cached forward differs from the full "
-                    f"forward (relative error {err:.2e}); using full forward passes",
-                    stacklevel=3,
+            adapter.prefix_cache_verified = err < CACHE_TOLERANCE
+            adapter.prefix_cache_error = err
+            if not adapter.prefix_cache_verified:
+                _warn_once(
+                    adapter,
+                    f"{adapter.name}: the KV-prefix-cached forward differs from the full forward "
+                    f"(relative error {err:.2e} > {CACHE_TOLERANCE:g}); Jacobians use full "
+                    "forward passes, several times slower. Check the transformers / "
+                    "TransformerLens versions against the pinned set (constraints.txt)",
                 )
-            try:
-                object.__setattr__(model, "_semhooks_prefix_cache_ok", verdict)
-            except (AttributeError, TypeError):  # pragma: no cover
-                pass
-        if not verdict:
+        if not adapter.prefix_cache_verified:
             self.use_cache = False
 
     # ------------------------------------------------------------------ running
@@ -184,7 +192,7 @@ class SubjectObjectMap:
             prep = _Prepared(prompt, ids, int(enc.subject_positions[i]), list(obj))
             if self.use_cache and prep.subject_pos > 0:
                 prep.cache = self._prefix(ids[:, : prep.subject_pos])
-                if getattr(self.adapter.model, "_semhooks_prefix_cache_ok", None) is not True:
+                if self.adapter.prefix_cache_verified is not True:
                     self._check_cache(prep)
                     if not self.use_cache:
                         prep.cache = None
@@ -192,21 +200,13 @@ class SubjectObjectMap:
         return out
 
     def _prefix(self, ids: Tensor) -> Any:
-        cache = self._new_cache()
+        cache = self.adapter.new_kv_cache()
 
         def stop(x: Tensor, hook: Any) -> None:
             raise StopForward
 
-        model = self.adapter.model
-        try:
-            with torch.no_grad(), self.adapter.hooks([(self.o_hook, stop)]):
-                model(
-                    ids.to(self.adapter.device),
-                    attention_mask=torch.ones_like(ids).to(self.adapter.device),
-                    past_key_values=cache,
-                )
-        except StopForward:
-            pass
+        with torch.no_grad():
+            self.adapter.forward_on_cache(ids, cache, [(self.o_hook, stop)])
         return cache
 
     def _run(
@@ -221,9 +221,8 @@ class SubjectObjectMap:
         if prep.cache is not None:
             ids = prep.input_ids[:, prep.subject_pos :]
             offset = prep.subject_pos
-            extra: dict[str, Any] = {"past_key_values": copy.deepcopy(prep.cache)}
         else:
-            ids, offset, extra = prep.input_ids, 0, {}
+            ids, offset = prep.input_ids, 0
         p_s = prep.subject_pos - offset
         p_o = [p - offset for p in prep.object_pos]
         found: dict[str, Tensor] = {}
@@ -247,14 +246,15 @@ class SubjectObjectMap:
         hooks: list[tuple[str, HookFn]] = [(self.o_hook, take)]
         if self.s_hook != self.o_hook:
             hooks.insert(0, (self.s_hook, put))
-        mask = torch.ones_like(prep.input_ids)
-        try:
-            with adapter.hooks(hooks):
-                adapter.model(
-                    ids.to(adapter.device), attention_mask=mask.to(adapter.device), **extra
-                )
-        except StopForward:
-            pass
+        if prep.cache is not None:
+            adapter.forward_on_cache(ids, copy.deepcopy(prep.cache), hooks)
+        else:
+            mask = torch.ones_like(ids)
+            try:
+                with adapter.hooks(hooks):
+                    adapter.model(ids.to(adapter.device), attention_mask=mask.to(adapter.device))
+            except StopForward:
+                pass
         if "o" not in found:  # pragma: no cover - a model whose hooks did not fire
             raise RuntimeError(
                 f"hook {self.o_hook} did not fire on {adapter.name}; cannot read the object state"
