@@ -170,7 +170,11 @@ def test_save_load_roundtrip_and_refusal(tiny_gpt2, tiny_llama, tmp_path):
     path = cal.save(tmp_path / "cal.safetensors")
     back = SemanticCalibrator.load(path, model=tiny_gpt2)
     np.testing.assert_array_equal(back.predict(x), cal.predict(x))
-    np.testing.assert_allclose(back.decision_function(x), cal.decision_function(x), rtol=1e-6)
+    # float32 scores: the loaded tensors may sit in another memory layout, so BLAS may sum
+    # in another order (seen: 2.5e-6 relative on one machine); 1e-5 is ~80 float32 ulps.
+    np.testing.assert_allclose(
+        back.decision_function(x), cal.decision_function(x), rtol=1e-5, atol=1e-6
+    )
     assert back.get_params()["temperature"] == 0.2
     assert back.label_words == ["bad", "good"]
     assert back.basis.provenance["model"] == "tiny-gpt2"
