@@ -28,7 +28,6 @@ ranks and gathers them in prompt order (bit-identical to one process);
 
 from __future__ import annotations
 
-import json
 import os
 import traceback
 from collections.abc import Sequence
@@ -39,14 +38,20 @@ import torch
 from tqdm.auto import tqdm
 
 from semhooks.artifacts import ArtifactError, atomic_write_json
+from semhooks.fingerprint import content_sha256
 from semhooks.model import ModelAdapter, load_model
 from semhooks.states import (
     ShardedStates,
     TokenSpec,
+    _config_difference,
     _extract_shard,
     _plan_extraction,
+    _read_manifest,
+    _reusable_shards,
     _sha256,
     _shard_config,
+    check_shard_size,
+    folder_lock,
 )
 
 __all__ = [
@@ -137,16 +142,17 @@ def _resolve_model(model: Any, state: Any) -> Any:
 
 
 # ---------------------------------------------------------------------- manifests
-def _read_manifests(folder: Path) -> list[tuple[Path, dict[str, Any]]]:
-    found = []
+def _read_manifests(folder: Path) -> tuple[list[tuple[Path, dict[str, Any]]], list[Path]]:
+    """The readable manifests in ``folder`` and the damaged ones (left out, to be replaced)."""
+    found, damaged = [], []
     paths = [folder / "manifest.json", *sorted(folder.glob("manifest-rank*.json"))]
     for path in paths:
         if path.is_file():
             try:
-                found.append((path, json.loads(path.read_text())))
-            except json.JSONDecodeError as exc:
-                raise ArtifactError(f"{path} is not valid JSON ({exc}); delete it") from exc
-    return found
+                found.append((path, _read_manifest(path)))
+            except ArtifactError:
+                damaged.append(path)
+    return found, damaged
 
 
 def _verified_entries(
@@ -154,9 +160,10 @@ def _verified_entries(
 ) -> tuple[dict[int, dict[str, Any]], list[tuple[Path, dict[str, Any]]]]:
     """Shard entries (by start) whose files exist and match their checksums.
 
-    ``config`` (when given) must match every manifest in the folder.
+    Every readable manifest in the folder must describe the same extraction (``config``
+    when given); damaged manifests are skipped (a merge replaces them).
     """
-    manifests = _read_manifests(folder)
+    manifests, _ = _read_manifests(folder)
     reference = (
         config if config is not None else (manifests[0][1].get("config") if manifests else None)
     )
@@ -165,8 +172,9 @@ def _verified_entries(
     for path, manifest in manifests:
         if manifest.get("config") != reference:
             raise ArtifactError(
-                f"{path} describes another extraction ({manifest.get('config')}), not "
-                f"{reference}; use a new out_dir"
+                f"{path} describes another extraction "
+                f"({_config_difference(manifest.get('config'), reference or {})}); "
+                "use a new out_dir"
             )
         for entry in manifest.get("shards", []):
             file = folder / entry["file"]
@@ -190,9 +198,19 @@ def merge_shards(out_dir: str | os.PathLike[str]) -> ShardedStates:
             extraction to fill them in).
     """
     folder = Path(out_dir)
+    with folder_lock(folder):
+        return _merge_shards(folder)
+
+
+def _merge_shards(folder: Path) -> ShardedStates:
     done, manifests = _verified_entries(folder, None)
+    _, damaged = _read_manifests(folder)
     if not manifests:
-        raise ArtifactError(f"{folder} holds no manifest to merge; not a semhooks shard folder")
+        raise ArtifactError(
+            f"{folder} holds no manifest to merge"
+            + (f" that can be read (damaged: {[p.name for p in damaged]})" if damaged else "")
+            + "; not a semhooks shard folder, or re-run the same extraction to rebuild it"
+        )
     first = manifests[0][1]
     config, n_items = first["config"], int(first["n_items"])
     size = int(config["shard_size"])
@@ -211,7 +229,7 @@ def merge_shards(out_dir: str | os.PathLike[str]) -> ShardedStates:
     provenance.pop("rank", None)
     merged = {"config": config, "n_items": n_items, "provenance": provenance, "shards": shards}
     atomic_write_json(folder / "manifest.json", merged)
-    for path, _ in manifests:
+    for path in [p for p, _ in manifests] + damaged:
         if path.name != "manifest.json":
             path.unlink(missing_ok=True)
     return ShardedStates(folder, merged)
@@ -272,56 +290,23 @@ def extract_states_distributed(
         adapter, corpus, layer_list, selector, provenance = _plan_extraction(
             _resolve_model(model, state), texts, layers, site, tokens, pool, batch_size
         )
+        shard_size = check_shard_size(shard_size)
         folder.mkdir(parents=True, exist_ok=True)
-        config = _shard_config(adapter, corpus, layer_list, site, selector, pool, shard_size)
+        config = _shard_config(
+            adapter, corpus, layer_list, site, selector, pool, shard_size, pool_weights, truncate
+        )
+        key = content_sha256(config)
         mine = shard_plan(len(corpus), shard_size, world, rank)
     except Exception:
         error = traceback.format_exc()
     _check_all(error, state, "planning the extraction")
     try:
-        done, _ = _verified_entries(folder, config)
-        entries: dict[int, dict[str, Any]] = {}
-        rank_manifest = folder / _RANK_MANIFEST.format(rank=rank)
-
-        def write_rank_manifest() -> None:
-            atomic_write_json(
-                rank_manifest,
-                {
-                    "config": config,
-                    "n_items": len(corpus),
-                    "provenance": {**provenance, "world_size": world},
-                    "rank": rank,
-                    "shards": [entries[s] for s in sorted(entries)],
-                },
-            )
-
-        for k in tqdm(
-            mine, desc=f"shards (rank {rank}/{world})", disable=not progress, unit="shard"
-        ):
-            start = k * shard_size
-            if start in done:
-                entries[start] = done[start]
-                continue
-            entries[start] = _extract_shard(
-                adapter,
-                corpus,
-                k,
-                shard_size,
-                folder,
-                {**provenance, "rank": rank, "world_size": world},
-                layer_list,
-                site,
-                selector,
-                pool,
-                pool_weights,
-                batch_size,
-                padding_side,
-                truncate,
-                sort_by_length,
-            )
-            write_rank_manifest()
-        # Shards of this rank that were already done still need a rank manifest to merge.
-        write_rank_manifest()
+        with folder_lock(folder, shared=True):
+            _extract_rank_shards(
+                adapter, corpus, folder, config, key, mine, provenance, rank, world, progress,
+                layer_list, site, selector, pool, pool_weights, batch_size, padding_side,
+                truncate, sort_by_length,
+            )  # fmt: skip
     except Exception:
         error = traceback.format_exc()
     _check_all(error, state, "extracting shards")
@@ -332,6 +317,77 @@ def extract_states_distributed(
             error = traceback.format_exc()
     _check_all(error, state, "merging the rank manifests")
     return ShardedStates.open(folder)
+
+
+def _extract_rank_shards(
+    adapter: ModelAdapter,
+    corpus: list[str],
+    folder: Path,
+    config: dict[str, Any],
+    key: str,
+    mine: list[int],
+    provenance: dict[str, Any],
+    rank: int,
+    world: int,
+    progress: bool,
+    layer_list: list[int],
+    site: str,
+    selector: TokenSpec,
+    pool: str,
+    pool_weights: Any,
+    batch_size: int,
+    padding_side: str,
+    truncate: bool,
+    sort_by_length: bool,
+) -> None:
+    """This rank's shards into ``folder``, recorded in its rank manifest after each one."""
+    shard_size = int(config["shard_size"])
+    # A rank reuses every shard on disk that belongs to this extraction: listed by any
+    # manifest, or vouched for by its own header when no readable manifest lists it.
+    done = {
+        k * shard_size: entry for k, entry in _reusable_shards(folder, config, len(corpus)).items()
+    }
+    entries: dict[int, dict[str, Any]] = {}
+    rank_manifest = folder / _RANK_MANIFEST.format(rank=rank)
+
+    def write_rank_manifest() -> None:
+        atomic_write_json(
+            rank_manifest,
+            {
+                "config": config,
+                "n_items": len(corpus),
+                "provenance": {**provenance, "world_size": world},
+                "rank": rank,
+                "shards": [entries[s] for s in sorted(entries)],
+            },
+        )
+
+    for k in tqdm(mine, desc=f"shards (rank {rank}/{world})", disable=not progress, unit="shard"):
+        start = k * shard_size
+        if start in done:
+            entries[start] = done[start]
+            continue
+        entries[start] = _extract_shard(
+            adapter,
+            corpus,
+            k,
+            shard_size,
+            folder,
+            {**provenance, "rank": rank, "world_size": world},
+            layer_list,
+            site,
+            selector,
+            pool,
+            pool_weights,
+            batch_size,
+            padding_side,
+            truncate,
+            sort_by_length,
+            key,
+        )
+        write_rank_manifest()
+    # Shards of this rank that were already done still need a rank manifest to merge.
+    write_rank_manifest()
 
 
 def launch_info(state: Any = None) -> dict[str, Any]:

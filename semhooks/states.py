@@ -9,10 +9,12 @@ stops the pass, so later blocks and the unembedding never run. Memory is
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
+import socket
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -29,7 +31,15 @@ from semhooks.artifacts import (
     ArtifactError,
     atomic_write_json,
     load_artifact,
+    read_metadata,
     save_artifact,
+)
+from semhooks.fingerprint import (
+    content_sha256,
+    corpus_sha256,
+    model_fingerprint,
+    pool_weights_sha256,
+    selection_sha256,
 )
 from semhooks.model import ModelAdapter, StopForward, Tokenized, adapt
 from semhooks.pooling import POOLS, pool, scores_for
@@ -222,18 +232,7 @@ class LayerStates:
     def load(cls, path: str | os.PathLike[str], *, verify: bool = True) -> LayerStates:
         """Read states saved by :meth:`save` (``verify``: check the tensors' checksum)."""
         tensors, meta = load_artifact(path, "LayerStates", verify=verify)
-        if "states" not in tensors:
-            raise ArtifactError(f"{path} has no 'states' tensor")
-        return cls(
-            tensors["states"],
-            list(meta["layers"]),
-            meta["site"],
-            meta["pool"],
-            meta["tokens"],
-            meta.get("provenance", {}),
-            tensors.get("item_index"),
-            tensors.get("positions"),
-        )
+        return cls(*_checked_fields(path, tensors, meta))
 
     # ------------------------------------------------------------------ from a user's cache
     @classmethod
@@ -302,6 +301,47 @@ class LayerStates:
             selection,
             tokenized,
         )
+
+
+def _checked_fields(
+    path: str | os.PathLike[str], tensors: dict[str, Tensor], meta: dict[str, Any]
+) -> tuple[Any, ...]:
+    """LayerStates fields from an artifact, after checking the metadata fits the tensors."""
+    from semhooks.model import SITES
+
+    def bad(what: str) -> ArtifactError:
+        return ArtifactError(f"{path} is not valid LayerStates: {what}")
+
+    states = tensors.get("states")
+    if states is None or states.ndim != 3:
+        raise bad("no 'states' tensor [layers, items, d]")
+    layers = meta.get("layers")
+    if (
+        not isinstance(layers, list)
+        or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in layers)
+        or len(set(layers)) != len(layers)
+    ):
+        raise bad(f"'layers' must be a list of distinct layer indices, got {layers!r}")
+    if len(layers) != states.shape[0]:
+        raise bad(f"'layers' names {len(layers)} layers but 'states' holds {states.shape[0]}")
+    site, how, tokens = meta.get("site"), meta.get("pool"), meta.get("tokens")
+    if site not in SITES:
+        raise bad(f"unknown site {site!r}")
+    if how is not None and how not in POOLS:
+        raise bad(f"unknown pooling {how!r}")
+    if not isinstance(tokens, str):
+        raise bad(f"'tokens' must be a string, got {tokens!r}")
+    provenance = meta.get("provenance", {})
+    if not isinstance(provenance, dict):
+        raise bad(f"'provenance' must be an object, got {type(provenance).__name__}")
+    item_index, positions = tensors.get("item_index"), tensors.get("positions")
+    if how is None:
+        for name, t in (("item_index", item_index), ("positions", positions)):
+            if t is None or t.ndim != 1 or t.shape[0] != states.shape[1]:
+                raise bad(f"token-level states (pool=None) need a '{name}' of {states.shape[1]}")
+    elif item_index is not None or positions is not None:
+        raise bad(f"pooled states (pool={how!r}) carry token indices")
+    return states, layers, site, how, tokens, provenance, item_index, positions
 
 
 def _pool_or_keep(
@@ -455,7 +495,13 @@ def extract_states(
             of raising.
         out_dir: stream pooled states to shards of ``shard_size`` items in this folder (for
             corpora larger than memory); returns a :class:`ShardedStates`. Re-running with
-            the same arguments resumes after the last complete shard.
+            the same arguments recomputes only the missing or damaged shards (a damaged
+            ``manifest.json`` is rebuilt). The folder is keyed by a content hash of every
+            input (model weights and tokenizer, texts, token selection, pooling weights,
+            layers, site, pooling): any other extraction into it raises ``ArtifactError``
+            naming what differs, and a second process writing it at the same time raises
+            :class:`FolderLockedError`.
+        shard_size: items per shard file (an integer >= 1).
 
     Returns:
         :class:`LayerStates` with ``states[n_layers, n_items, d_model]`` (float32, CPU).
@@ -463,6 +509,7 @@ def extract_states(
     adapter, texts, layer_list, selector, provenance = _plan_extraction(
         model, texts, layers, site, tokens, pool, batch_size
     )
+    shard_size = check_shard_size(shard_size)
     if out_dir is not None:
         return _extract_sharded(
             adapter,
@@ -576,6 +623,103 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+_SHARD_NAME = "shard-{k:05d}.safetensors"
+_LOCK_NAME = ".semhooks.lock"
+
+
+class FolderLockedError(RuntimeError):
+    """Another process is writing the same shard folder (one writer per ``out_dir``)."""
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path, *, shared: bool = False) -> Iterator[None]:
+    """Hold the folder's writer lock (``shared``: the ranks of one data-parallel run).
+
+    Raises :class:`FolderLockedError` at once when another process holds it, instead of
+    letting two writers overwrite each other's shards. POSIX advisory locks (``flock``);
+    where ``fcntl`` is missing (Windows) no lock is taken.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    fh = open(folder / _LOCK_NAME, "a+")  # noqa: SIM115 - held for the whole block
+    try:
+        try:
+            fcntl.flock(fh.fileno(), (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            raise FolderLockedError(
+                f"{folder} is being written by {holder}; wait for it to finish, or give this "
+                "extraction another out_dir"
+            ) from None
+        if not shared:
+            fh.seek(0)
+            fh.truncate()
+            fh.write(f"pid {os.getpid()} on {socket.gethostname()}")
+            fh.flush()
+        yield
+    finally:
+        fh.close()  # releases the lock
+
+
+def check_shard_size(shard_size: Any) -> int:
+    """``shard_size`` as an int >= 1, or a ValueError naming the value."""
+    if isinstance(shard_size, bool) or not isinstance(shard_size, (int, np.integer)):
+        raise ValueError(f"shard_size must be an integer >= 1, got {shard_size!r}")
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be >= 1 (items per shard file), got {shard_size}")
+    return int(shard_size)
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    """A shard manifest, or an ArtifactError naming the file and what is wrong with it."""
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ArtifactError(
+            f"{path} is damaged ({type(exc).__name__}: {exc}); re-run the same extraction "
+            "(extract_states(out_dir=...)) to rebuild it from the shard files"
+        ) from None
+    shards = manifest.get("shards") if isinstance(manifest, dict) else None
+    if (
+        not isinstance(manifest, dict)
+        or not isinstance(manifest.get("config"), dict)
+        or not isinstance(manifest.get("n_items"), int)
+        or not isinstance(shards, list)
+        or not all(
+            isinstance(s, dict)
+            and isinstance(s.get("file"), str)
+            and "/" not in s["file"]
+            and isinstance(s.get("start"), int)
+            and isinstance(s.get("n_items"), int)
+            and isinstance(s.get("sha256"), str)
+            for s in shards
+        )
+    ):
+        raise ArtifactError(
+            f"{path} is damaged (not a shard manifest with config, n_items and shards "
+            "[file, start, n_items, sha256]); re-run the same extraction to rebuild it"
+        )
+    return manifest
+
+
+def _config_difference(old: Any, new: dict[str, Any]) -> str:
+    """Which keys of two shard configs differ, for an error message."""
+    if not isinstance(old, dict):
+        return "it records no extraction config"
+
+    def short(v: Any) -> str:
+        text = repr(v)
+        return text if len(text) <= 40 else text[:37] + "..."
+
+    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    return "; ".join(f"{k}: {short(old.get(k))} there, {short(new.get(k))} now" for k in keys)
+
+
 @dataclass
 class ShardedStates:
     """A folder of LayerStates shards plus ``manifest.json`` (model, layers, pooling, checksums)."""
@@ -588,8 +732,7 @@ class ShardedStates:
         path = Path(folder) / "manifest.json"
         if not path.is_file():
             raise ArtifactError(f"{folder} has no manifest.json; not a semhooks shard folder")
-        manifest = json.loads(path.read_text())
-        return cls(Path(folder), manifest)
+        return cls(Path(folder), _read_manifest(path))
 
     @property
     def n_items(self) -> int:
@@ -599,11 +742,23 @@ class ShardedStates:
     def complete(self) -> bool:
         return sum(s["n_items"] for s in self.manifest["shards"]) == self.n_items
 
+    def _checked_path(self, shard: dict[str, Any], verify: bool = True) -> Path:
+        path = self.folder / shard["file"]
+        if not path.is_file():
+            raise ArtifactError(
+                f"shard {path} listed in the manifest is missing; re-run the same extraction "
+                "(extract_states(out_dir=...)) to recompute it"
+            )
+        if verify and _sha256(path) != shard["sha256"]:
+            raise ArtifactError(
+                f"shard {path} does not match its checksum in the manifest; re-run the same "
+                "extraction to recompute it"
+            )
+        return path
+
     def __iter__(self) -> Iterator[LayerStates]:
         for shard in self.manifest["shards"]:
-            path = self.folder / shard["file"]
-            if _sha256(path) != shard["sha256"]:
-                raise ArtifactError(f"shard {path} does not match its checksum in the manifest")
+            path = self._checked_path(shard)
             yield LayerStates.load(path, verify=False)  # the file's sha256 was just checked
 
     def load(self) -> LayerStates:
@@ -641,9 +796,7 @@ class ShardedStates:
             raise KeyError(f"layer {layer} not extracted; these shards hold layers {self.layers}")
         li = self.layers.index(layer)
         for shard in self.manifest["shards"]:
-            path = self.folder / shard["file"]
-            if verify and _sha256(path) != shard["sha256"]:
-                raise ArtifactError(f"shard {path} does not match its checksum in the manifest")
+            path = self._checked_path(shard, verify)
             with safe_open(str(path), framework="pt") as fh:
                 yield fh.get_slice("states")[li]
 
@@ -662,18 +815,97 @@ def _shard_config(
     selector: TokenSpec,
     how: str | None,
     shard_size: int,
+    pool_weights: Any = None,
+    truncate: bool = False,
 ) -> dict[str, Any]:
-    """What a shard folder was made from; a resumed or merged extraction must match it."""
+    """What a shard folder was made from; a resumed or merged extraction must match it.
+
+    Every entry that decides the states is here as content: the model's weights and
+    tokenizer (``model_sha256``), the texts, the token selection as applied to them, the
+    pooling weights, layers, site, pooling, truncation and the semhooks version.
+    """
+    from semhooks.artifacts import semhooks_version
+
+    weights = None
+    if how == "weighted":
+        weights = pool_weights_sha256(
+            pool_weights, layer_list, adapter.d_model, adapter.device, adapter.dtype
+        )
     return {
+        "key_version": 2,
         "model": adapter.name,
         "hook_layout": adapter.hook_layout,
+        "model_sha256": content_sha256(model_fingerprint(adapter)),
         "layers": layer_list,
         "site": site,
         "pool": how,
+        "pool_weights_sha256": weights,
         "tokens": _describe_tokens(selector),
-        "corpus_sha256": hashlib.sha256("\x00".join(texts).encode()).hexdigest()[:16],
+        "tokens_sha256": selection_sha256(selector, texts),
+        "truncate": bool(truncate),
+        "corpus_sha256": corpus_sha256(texts),
+        "n_items": len(texts),
         "shard_size": shard_size,
+        "semhooks_version": semhooks_version(),
     }
+
+
+def _reusable_shards(
+    folder: Path, config: dict[str, Any], n_items: int
+) -> dict[int, dict[str, Any]]:
+    """Manifest entries (by shard index) of the shards on disk that belong to ``config``.
+
+    A shard is reused when a manifest in the folder lists it with a matching checksum, or,
+    when no readable manifest does (a damaged or missing ``manifest.json``, a data-parallel
+    run killed before its merge), when the file's own header names this extraction's key
+    and its tensors verify. A readable manifest or a shard of another extraction is refused
+    (``ArtifactError`` naming what differs); missing and damaged shards are recomputed.
+    """
+    key = content_sha256(config)
+    listed: dict[str, dict[str, Any]] = {}
+    paths = [folder / "manifest.json", *sorted(folder.glob("manifest-rank*.json"))]
+    for path in paths:
+        if not path.is_file():
+            continue
+        try:
+            manifest = _read_manifest(path)
+        except ArtifactError:
+            continue  # damaged: rebuilt from the shard files below
+        if manifest["config"] != config:
+            raise ArtifactError(
+                f"{folder} holds shards of another extraction ({path.name}: "
+                f"{_config_difference(manifest['config'], config)}); use a new out_dir"
+            )
+        for entry in manifest["shards"]:
+            listed[f"{entry['file']}:{entry['sha256']}"] = entry
+    size = int(config["shard_size"])
+    done: dict[int, dict[str, Any]] = {}
+    for k in range(-(-n_items // size)):
+        path = folder / _SHARD_NAME.format(k=k)
+        if not path.is_file():
+            continue
+        sha = _sha256(path)
+        entry = listed.get(f"{path.name}:{sha}")
+        expected = min(size, n_items - k * size)
+        if entry is not None and entry["start"] == k * size and entry["n_items"] == expected:
+            done[k] = entry
+            continue
+        try:
+            stored = read_metadata(path).get("provenance", {})
+        except ArtifactError:
+            continue  # torn or damaged: recompute
+        if stored.get("shard_key") != key:
+            raise ArtifactError(
+                f"{path} was written by another extraction (or an older semhooks) and no "
+                "manifest vouches for it; use a new out_dir"
+            )
+        try:
+            part = LayerStates.load(path)
+        except ArtifactError:
+            continue
+        if stored.get("start") == k * size and part.states.shape[1] == expected:
+            done[k] = {"file": path.name, "start": k * size, "n_items": expected, "sha256": sha}
+    return done
 
 
 def _extract_shard(
@@ -692,8 +924,13 @@ def _extract_shard(
     padding_side: str,
     truncate: bool,
     sort_by_length: bool,
+    shard_key: str,
 ) -> dict[str, Any]:
-    """Extract shard ``k`` (items ``k * shard_size ...``), save it, return its manifest entry."""
+    """Extract shard ``k`` (items ``k * shard_size ...``), save it, return its manifest entry.
+
+    The shard's header records ``shard_key`` (the sha256 of the extraction config), so a
+    resume can trust the file even when no manifest survived.
+    """
     start = k * shard_size
     chunk = texts[start : start + shard_size]
     part = _extract(
@@ -709,10 +946,10 @@ def _extract_shard(
         truncate,
         sort_by_length,
         False,
-        {**provenance, "shard": k, "start": start},
+        {**provenance, "shard": k, "start": start, "shard_key": shard_key},
         range(start, start + len(chunk)),
     )
-    name = f"shard-{k:05d}.safetensors"
+    name = _SHARD_NAME.format(k=k)
     part.save(folder / name)
     return {"file": name, "start": start, "n_items": len(chunk), "sha256": _sha256(folder / name)}
 
@@ -736,35 +973,25 @@ def _extract_sharded(
 ) -> ShardedStates:
     if how is None:
         raise ValueError("streaming to shards needs a pooling (pool=None keeps every token)")
-    folder.mkdir(parents=True, exist_ok=True)
-    config = _shard_config(adapter, texts, layer_list, site, selector, how, shard_size)
+    config = _shard_config(
+        adapter, texts, layer_list, site, selector, how, shard_size, pool_weights, truncate
+    )
+    key = content_sha256(config)
     manifest_path = folder / "manifest.json"
-    done: list[dict[str, Any]] = []
-    if manifest_path.is_file():
-        old = json.loads(manifest_path.read_text())
-        if old.get("config") != config:
-            raise ArtifactError(
-                f"{folder} holds shards of another extraction ({old.get('config')}); "
-                "use a new out_dir"
-            )
-        for shard in old["shards"]:
-            path = folder / shard["file"]
-            if path.is_file() and _sha256(path) == shard["sha256"]:
-                done.append(shard)
-            else:
-                break
-    manifest: dict[str, Any] = {
-        "config": config,
-        "n_items": len(texts),
-        "provenance": provenance,
-        "shards": done,
-    }
-    n_shards = -(-len(texts) // shard_size)
-    for k in tqdm(range(n_shards), desc="shards", disable=not progress, unit="shard"):
-        if k < len(done):
-            continue
-        manifest["shards"].append(
-            _extract_shard(
+    with folder_lock(folder):
+        done = _reusable_shards(folder, config, len(texts))
+        manifest: dict[str, Any] = {
+            "config": config,
+            "n_items": len(texts),
+            "provenance": provenance,
+            "shards": [done[k] for k in sorted(done)],
+        }
+        atomic_write_json(manifest_path, manifest)  # repairs a damaged one at once
+        n_shards = -(-len(texts) // shard_size)
+        for k in tqdm(range(n_shards), desc="shards", disable=not progress, unit="shard"):
+            if k in done:
+                continue
+            done[k] = _extract_shard(
                 adapter,
                 texts,
                 k,
@@ -780,10 +1007,10 @@ def _extract_sharded(
                 padding_side,
                 truncate,
                 sort_by_length,
+                key,
             )
-        )
-        atomic_write_json(manifest_path, manifest)
-    atomic_write_json(manifest_path, manifest)
+            manifest["shards"] = [done[j] for j in sorted(done)]
+            atomic_write_json(manifest_path, manifest)
     return ShardedStates(folder, manifest)
 
 

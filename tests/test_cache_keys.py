@@ -1,0 +1,158 @@
+"""Cache and resume keys: a changed input recomputes or refuses, never reuses (issue 15).
+
+Shard folders (``extract_states(out_dir=...)``) are keyed by a content hash of every input;
+recipe artifacts by the recipe, its whole config, the model's weights fingerprint and the
+semhooks version.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+import semhooks as sh
+from semhooks.fingerprint import corpus_sha256, weights_sha256
+from semhooks.states import FolderLockedError, folder_lock
+from semhooks.testing import tiny_model
+
+TEXTS = [f"{w} number {i} is here." for i, w in enumerate(["Bat", "Fox", "Owl", "Ant"] * 15)]
+
+
+def _sharded(model, out, **kw):
+    kw = {"tokens": "all", "shard_size": 16, "progress": False, **kw}
+    return sh.extract_states(model, TEXTS, layers=[0, 2], out_dir=out, **kw)
+
+
+def _fresh(model, **kw):
+    kw = {"tokens": "all", "progress": False, **kw}
+    return sh.extract_states(model, TEXTS, layers=[0, 2], **kw)
+
+
+def _weights(seed):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(64, generator=g)
+
+    def scores(acts, layer):
+        return acts.float() @ w.to(acts.device)
+
+    return scores
+
+
+# ---------------------------------------------------------------------- shard resume keys
+@pytest.mark.parametrize(
+    ("first", "second", "what"),
+    [
+        ({"tokens": [1] * 60}, {"tokens": [2] * 60}, "tokens_sha256"),
+        ({"tokens": ["number"] * 60}, {"tokens": ["here"] * 60}, "tokens_sha256"),
+        (
+            {"tokens": sh.Spans(lambda t: t.split()[0])},
+            {"tokens": sh.Spans(lambda t: t.split()[1])},
+            "tokens_sha256",
+        ),
+        (
+            {"pool": "weighted", "pool_weights": _weights(0)},
+            {"pool": "weighted", "pool_weights": _weights(1)},
+            "pool_weights_sha256",
+        ),
+        ({"truncate": False}, {"truncate": True}, "truncate"),
+    ],
+    ids=["positions", "substrings", "span-callables", "pool-weights", "truncate"],
+)
+def test_shard_folder_refuses_another_token_selection(tiny_llama, tmp_path, first, second, what):
+    """Before: the second call returned the first call's states (torch.equal)."""
+    out = tmp_path / "s"
+    done = _sharded(tiny_llama, out, **first)
+    torch.testing.assert_close(done.load().states, _fresh(tiny_llama, **first).states)
+    with pytest.raises(sh.ArtifactError, match=f"another extraction.*{what}"):
+        _sharded(tiny_llama, out, **second)
+    # the folder is untouched by the refused call and a fresh folder gives the other states
+    assert torch.equal(sh.ShardedStates.open(out).load().states, done.load().states)
+    other = _sharded(tiny_llama, tmp_path / "other", **second)
+    torch.testing.assert_close(other.load().states, _fresh(tiny_llama, **second).states)
+    if what != "truncate":  # these texts fit the window: truncation changes nothing
+        assert not torch.equal(other.load().states, done.load().states)
+
+
+def test_shard_folder_refuses_another_seed_of_the_same_model(tiny_llama, tmp_path):
+    other_seed = tiny_model("llama", seed=1)
+    assert weights_sha256(other_seed) != weights_sha256(tiny_llama)
+    assert weights_sha256(tiny_model("llama", seed=0)) == weights_sha256(tiny_llama)
+    _sharded(tiny_llama, tmp_path / "s")
+    with pytest.raises(sh.ArtifactError, match="another extraction.*model_sha256"):
+        _sharded(other_seed, tmp_path / "s")
+
+
+def test_corpus_hash_is_unambiguous(tiny_llama, tmp_path):
+    """The old key joined texts with NUL: these two corpora had the same hash."""
+    a, b = ["Bat\x00Fox", "Owl"], ["Bat", "Fox\x00Owl"]
+    assert "\x00".join(a) == "\x00".join(b)
+    assert corpus_sha256(a) != corpus_sha256(b)
+    assert corpus_sha256(["ab", "c"]) != corpus_sha256(["a", "bc"])
+    out = tmp_path / "s"
+    sh.extract_states(tiny_llama, a, out_dir=out, progress=False)
+    with pytest.raises(sh.ArtifactError, match="corpus_sha256"):
+        sh.extract_states(tiny_llama, b, out_dir=out, progress=False)
+
+
+@pytest.mark.parametrize("size", [0, -1, 1.5, True])
+def test_bad_shard_size_is_a_clear_error(tiny_llama, tmp_path, size):
+    """Before: 0 raised ZeroDivisionError and -1 returned an empty result."""
+    with pytest.raises(ValueError, match="shard_size must be"):
+        _sharded(tiny_llama, tmp_path / "s", shard_size=size)
+    from semhooks.distributed import extract_states_distributed
+
+    with pytest.raises(sh.distributed.DistributedError, match="shard_size must be"):
+        extract_states_distributed(
+            tiny_llama, TEXTS, tmp_path / "d", shard_size=size, progress=False
+        )
+
+
+def test_missing_shard_and_damaged_manifest_are_named_and_repaired(tiny_llama, tmp_path):
+    out = tmp_path / "s"
+    clean = _sharded(tiny_llama, tmp_path / "clean").load().states
+    _sharded(tiny_llama, out)
+    kept = {p.name: p.stat().st_mtime_ns for p in out.glob("shard-*.safetensors")}
+    (out / "shard-00001.safetensors").unlink()
+    with pytest.raises(sh.ArtifactError, match=r"shard-00001\.safetensors listed.*missing"):
+        sh.ShardedStates.open(out).load()
+    with pytest.raises(sh.ArtifactError, match=r"shard-00001\.safetensors listed.*missing"):
+        sh.ShardedStates.open(out).layer(0)
+    resumed = _sharded(tiny_llama, out)
+    assert torch.equal(resumed.load().states, clean)
+    after = {p.name: p.stat().st_mtime_ns for p in out.glob("shard-*.safetensors")}
+    assert {k for k in kept if kept[k] != after[k]} == {"shard-00001.safetensors"}
+    for damage in (b'{"config": {', b"[1, 2]", b"\xff\xfe", b'{"config": {}, "shards": 3}'):
+        (out / "manifest.json").write_bytes(damage)
+        with pytest.raises(sh.ArtifactError, match=r"manifest\.json is damaged"):
+            sh.ShardedStates.open(out)
+        repaired = _sharded(tiny_llama, out)  # rebuilt from the shard files' own headers
+        assert torch.equal(repaired.load().states, clean)
+        assert {p.name: p.stat().st_mtime_ns for p in out.glob("shard-*.safetensors")} == after
+    # a damaged manifest and a damaged shard: only that shard is recomputed
+    (out / "manifest.json").write_text("not json")
+    path = out / "shard-00002.safetensors"
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0xFF
+    path.write_bytes(bytes(data))
+    assert torch.equal(_sharded(tiny_llama, out).load().states, clean)
+
+
+def test_second_writer_of_a_shard_folder_fails_clearly(tiny_llama, tmp_path):
+    """Before: two processes writing one out_dir crashed with a misleading checksum error."""
+    out = tmp_path / "s"
+    with folder_lock(out):
+        with pytest.raises(FolderLockedError, match=f"being written by pid {os.getpid()}"):
+            _sharded(tiny_llama, out)
+    assert not (out / "manifest.json").exists()
+    assert _sharded(tiny_llama, out).complete  # the lock is released with the block
+
+
+def test_shard_manifest_keeps_the_config_readable(tiny_llama, tmp_path):
+    out = tmp_path / "s"
+    _sharded(tiny_llama, out, tokens=[1] * 60)
+    config = json.loads((out / "manifest.json").read_text())["config"]
+    assert config["model"] == "tiny-llama" and config["layers"] == [0, 2]
+    assert config["tokens"] == "explicit" and len(config["tokens_sha256"]) == 64
