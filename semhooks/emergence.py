@@ -71,6 +71,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 from jaxtyping import Float, Int
+from matplotlib import colormaps as plt_colormaps
 from matplotlib.figure import Figure
 from torch import Tensor
 from tqdm.auto import tqdm
@@ -95,6 +96,9 @@ __all__ = [
 ]
 
 FloatArray = npt.NDArray[np.float64]
+
+#: ``EmergenceResult.plot`` draws IE vs position as one line per block up to this many blocks.
+PROFILE_LINES_MAX = 8
 
 ESTIMATOR_PRESETS: dict[str, dict[str, Any]] = {
     # One fit on 2,000 pairs of 32 dimensions costs about 1 s of CPU time (one thread), so a
@@ -1214,10 +1218,14 @@ class EmergenceResult:
 
     # ---------------------------------------------------------------- plot
     def plot(self, *, path: str | os.PathLike[str] | None = None, title: str = "") -> Figure:
-        """Three panels: the ``IE[l, t]`` heatmap (blocks x positions); IE vs position, the
-        mean over blocks with bands for the inter-quartile range and the min-max range over
-        blocks; and, at the last position, both MI terms and IE per block with the ceilings
-        (dashed)."""
+        """Three panels: the ``IE[l, t]`` heatmap (blocks x positions); IE vs position; and,
+        at the last position, both MI terms and IE per block with the ceilings (dashed).
+
+        IE vs position draws one line per block when there are at most
+        ``PROFILE_LINES_MAX`` blocks (a quartile band over a handful of blocks would
+        suggest a spread that was never sampled), else the mean over blocks with bands for
+        the inter-quartile and min-max ranges, labelled with the number of blocks. Legends
+        sit outside the panels so they hide no line (the ceilings included)."""
         fig, axes = new_figure(3, width=5.2, height=4.2)
         ax_h, ax_p, ax_l = axes
         heatmap(
@@ -1235,21 +1243,35 @@ class EmergenceResult:
         )
         prof = self.profile()
         t = np.asarray(self.positions)
-        if len(t) > 1:
-            ax_p.fill_between(t, prof["min"], prof["max"], alpha=0.15, color="C0", label="min-max")
-            ax_p.fill_between(t, prof["q25"], prof["q75"], alpha=0.35, color="C0", label="IQR")
-        else:  # one position: the same spreads as error bars
-            for lo, hi, width, label in (("min", "max", 1, "min-max"), ("q25", "q75", 6, "IQR")):
-                ax_p.vlines(t, prof[lo], prof[hi], color="C0", alpha=0.5, linewidth=width,
-                            label=label)  # fmt: skip
-        ax_p.plot(t, prof["mean"], marker="o", color="C0", label="mean over blocks")
+        n_blocks = len(self.layers)
+        if n_blocks <= PROFILE_LINES_MAX:
+            shades = plt_colormaps["viridis"](np.linspace(0.0, 0.85, n_blocks))
+            for k, layer in enumerate(self.layers):
+                ax_p.plot(t, self.ie[k], marker=".", linewidth=1.2, color=shades[k],
+                          label=f"block {layer}")  # fmt: skip
+            ax_p.set_title(f"IE vs position, one line per block ({n_blocks} blocks)")
+        else:
+            spread = f"over {n_blocks} blocks"
+            if len(t) > 1:
+                ax_p.fill_between(t, prof["min"], prof["max"], alpha=0.15, color="C0",
+                                  label=f"min-max {spread}")  # fmt: skip
+                ax_p.fill_between(t, prof["q25"], prof["q75"], alpha=0.35, color="C0",
+                                  label=f"IQR {spread}")  # fmt: skip
+            else:  # one position: the same spreads as error bars
+                for lo, hi, width, label in (
+                    ("min", "max", 1, "min-max"),
+                    ("q25", "q75", 6, "IQR"),
+                ):
+                    ax_p.vlines(t, prof[lo], prof[hi], color="C0", alpha=0.5, linewidth=width,
+                                label=f"{label} {spread}")  # fmt: skip
+            ax_p.plot(t, prof["mean"], marker="o", color="C0", label=f"mean {spread}")
+            ax_p.set_title(f"IE vs position (spread {spread})")
         ax_p.set_xticks(t)
         ax_p.axhline(0, color="grey", linewidth=0.8)
         ax_p.set_xlabel("position t (content tokens)")
         ax_p.set_ylabel("IE (bits)")
-        ax_p.set_title("IE vs position (spread over blocks)")
         ax_p.grid(True, alpha=0.3)
-        ax_p.legend(fontsize="small")
+        ax_p.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
 
         c = len(self.positions) - 1
         ly = np.asarray(self.layers)
@@ -1267,7 +1289,7 @@ class EmergenceResult:
         ax_l.set_ylabel("bits")
         ax_l.set_title(f"MI terms per block at t={self.positions[c]}")
         ax_l.grid(True, alpha=0.3)
-        ax_l.legend(fontsize="x-small")
+        ax_l.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
         est = self.protocol.get("estimator_class", "")
         fig.suptitle(title or f"{self.model}: information emergence ({est}, "
                      f"PCA {self.protocol.get('reduce_dim')}, n={self.protocol.get('n_sequences')})")  # fmt: skip

@@ -493,13 +493,44 @@ class WiCResult:
 
     @property
     def best_layer(self) -> dict[str, int]:
-        """Variant -> the layer with the highest evaluation accuracy (earliest on ties)."""
+        """Variant -> the layer with the highest evaluation accuracy (earliest on ties).
+
+        Chosen on the evaluation split itself, so :attr:`best_accuracy` is an optimistic
+        (selection-biased) peak; :attr:`selected_layer` chooses on the fit split instead.
+        """
         return {v: self.layers[int(np.argmax(acc))] for v, acc in self.accuracy.items()}
 
     @property
     def best_accuracy(self) -> dict[str, float]:
-        """Variant -> the highest evaluation accuracy over layers."""
+        """Variant -> the highest evaluation accuracy over layers (optimistic, see
+        :attr:`best_layer`)."""
         return {v: float(max(acc)) for v, acc in self.accuracy.items()}
+
+    @property
+    def selected_layer(self) -> dict[str, int]:
+        """Variant -> the layer with the highest *fit-split* accuracy (earliest on ties): a
+        layer chosen without looking at the evaluation split."""
+        return {v: self.layers[int(np.argmax(acc))] for v, acc in self.fit_accuracy.items()}
+
+    @property
+    def selected_accuracy(self) -> dict[str, float]:
+        """Variant -> the evaluation accuracy at :attr:`selected_layer` (an unbiased estimate
+        of the readout's accuracy once the layer is fixed)."""
+        return {
+            v: float(self.accuracy[v][self.layers.index(layer)])
+            for v, layer in self.selected_layer.items()
+        }
+
+    def interval(self, values: Sequence[float]) -> tuple[list[float], list[float]]:
+        """95% Wilson intervals ``(low, high)`` of evaluation accuracies (``protocol["n_eval"]``
+        pairs each)."""
+        from semhooks.probing import wilson_interval
+
+        n = int(self.protocol.get("n_eval") or 0)
+        if n < 1:
+            raise ValueError("this result does not record n_eval; no interval can be computed")
+        pairs = [wilson_interval(min(n, max(0, round(v * n))), n) for v in values]
+        return [lo for lo, _ in pairs], [hi for _, hi in pairs]
 
     @property
     def best_probe_layer(self) -> dict[str, int] | None:
@@ -543,7 +574,9 @@ class WiCResult:
         )
 
     def table(self, readout: Literal["threshold", "probe", "both"] = "both") -> str:
-        """Markdown table: one row per layer, accuracy (%) per variant; best per column in bold.
+        """Markdown table: one row per layer, evaluation accuracy (%) per variant with its 95%
+        Wilson interval (when ``protocol`` records ``n_eval``); the peak of each column over
+        layers, chosen on the evaluation split, in bold.
 
         ``readout="both"`` adds the probe's columns when the probe was run.
         """
@@ -559,10 +592,18 @@ class WiCResult:
             "|---:|" + "---:|" * len(columns),
         ]
         best = [int(np.argmax(values)) for _, values in columns]
+        bounds = (
+            [self.interval(values) for _, values in columns]
+            if self.protocol.get("n_eval")
+            else None
+        )
         for i, layer in enumerate(self.layers):
             cells = []
-            for (_, values), b in zip(columns, best, strict=True):
+            for j, ((_, values), b) in enumerate(zip(columns, best, strict=True)):
                 cell = f"{100 * values[i]:.1f}"
+                if bounds is not None:
+                    low, high = bounds[j]
+                    cell += f" [{100 * low[i]:.1f}, {100 * high[i]:.1f}]"
                 cells.append(f"**{cell}**" if i == b else cell)
             lines.append(f"| {layer} | " + " | ".join(cells) + " |")
         return "\n".join(lines)
@@ -576,27 +617,44 @@ class WiCResult:
     ) -> Figure:
         """Accuracy-by-layer curves, one line per variant; ``other`` adds a second panel.
 
-        With a decoder and an encoder result, the decoder is drawn on the left. Large dots
-        mark each variant's best layer; the dotted line is the majority-class rate of the
-        evaluation split.
+        With a decoder and an encoder result, the decoder is drawn on the left. Shaded bands
+        are 95% Wilson intervals over the ``n_eval`` evaluation pairs; large dots mark each
+        variant's peak over layers on the evaluation split; the dotted line is the
+        majority-class rate of the evaluation split. Both panels share one y-range, which
+        always includes chance (0.5) and 1.0.
         """
         results = [self] if other is None else sorted([self, other], key=lambda r: r.is_encoder)
         fig, axes = new_figure(len(results))
+        low_ends = [0.5]
         for ax, res in zip(axes, results, strict=True):
             series = res.accuracy if readout == "threshold" else res.probe_accuracy
             if series is None:
                 raise ValueError(f"{res.model}: no probe readout (run wic_study(probe=True))")
             kind = "encoder" if res.is_encoder else "decoder"
             how = "cosine + threshold" if readout == "threshold" else "logistic probe"
+            n_eval = res.protocol.get("n_eval")
+            bands = {v: res.interval(series[v]) for v in res.variants} if n_eval else None
+            for v in res.variants:
+                low_ends.append(min(bands[v][0]) if bands else min(series[v]))
+            split = res.protocol.get("eval_split", "")
             layer_curves(
                 ax,
                 res.layers,
                 {v: series[v] for v in res.variants},
-                title=f"{res.model} ({kind})\nWiC {res.protocol.get('eval_split', '')}: {how}",
+                title=f"{res.model} ({kind})\nWiC {split}"
+                + (f", n={n_eval} pairs" if n_eval else "")
+                + f": {how}",
                 xlabel="layer (block output)",
+                ylabel="accuracy (evaluation split)",
                 chance=res.protocol.get("majority_rate"),
                 chance_label="majority class",
+                bands=bands,
+                band_label="95% CI",
             )
+        # one shared range from at most 0.5 (chance) to 1.0, so the panels compare by eye
+        bottom = max(0.0, np.floor(20 * (min(low_ends) - 0.02)) / 20)
+        for ax in axes:
+            ax.set_ylim(bottom, 1.0)
         if path is not None:
             save_figure(fig, path)
         return fig

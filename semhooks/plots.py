@@ -50,6 +50,8 @@ def layer_curves(
     chance: float | None = None,
     chance_label: str = "chance",
     mark_best: bool = True,
+    bands: Mapping[str, tuple[Sequence[float], Sequence[float]]] | None = None,
+    band_label: str = "interval",
 ) -> Axes:
     """One line per named series over ``layers``; the best point of each is marked.
 
@@ -59,6 +61,8 @@ def layer_curves(
         series: name -> ``n`` y values (NaN values are skipped by matplotlib).
         chance: draw a dotted horizontal reference line at this value (``chance_label``).
         mark_best: mark each series' maximum with a filled marker.
+        bands: name -> ``(low, high)``, ``n`` values each: a shaded band around that series
+            (an interval), labelled ``"{name} {band_label}"`` in the legend.
     """
     x = np.asarray(list(layers))
     for name, values in series.items():
@@ -68,6 +72,15 @@ def layer_curves(
                 f"series {name!r} has {y.size} values for {x.size} layers; give one per layer"
             )
         (line,) = ax.plot(x, y, marker=".", label=name)
+        if bands is not None and name in bands:
+            low, high = (np.asarray(list(b), dtype=np.float64) for b in bands[name])
+            if low.shape != x.shape or high.shape != x.shape:
+                raise ValueError(
+                    f"band of {name!r} has {low.size}/{high.size} values for {x.size} layers"
+                )
+            ax.fill_between(
+                x, low, high, color=line.get_color(), alpha=0.2, label=f"{name} {band_label}"
+            )
         if mark_best and np.isfinite(y).any():
             best = int(np.nanargmax(y))
             ax.plot([x[best]], [y[best]], marker="o", color=line.get_color(), markersize=7)
@@ -113,12 +126,10 @@ def heatmap(
     ax.set_xticks(range(len(col_labels)), [str(c) for c in col_labels])
     ax.set_yticks(range(len(row_labels)), [str(r) for r in row_labels])
     if fmt:
-        finite = grid[np.isfinite(grid)]
-        middle = float(finite.mean()) if finite.size else 0.0
         for i in range(grid.shape[0]):
             for j in range(grid.shape[1]):
                 if np.isfinite(grid[i, j]):
-                    colour = "black" if grid[i, j] >= middle else "white"
+                    colour = _text_colour(image.cmap(image.norm(grid[i, j])))
                     ax.text(
                         j, i, fmt.format(grid[i, j]), ha="center", va="center", color=colour,
                         fontsize="x-small",
@@ -129,6 +140,14 @@ def heatmap(
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     return ax
+
+
+def _text_colour(rgba: Any) -> str:
+    """Black on light cells, white on dark ones (relative luminance of the cell's colour), so
+    an annotation stays readable whatever the colour map: a diverging map is near white
+    around its centre."""
+    r, g, b = (float(c) for c in rgba[:3])
+    return "black" if 0.2126 * r + 0.7152 * g + 0.0722 * b > 0.5 else "white"
 
 
 def save_figure(fig: Figure, path: str | os.PathLike[str], *, dpi: int = 150) -> Path:

@@ -14,13 +14,15 @@ spans found in the prompt batch are exact at every step.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 from jaxtyping import Float
+from matplotlib.figure import Figure
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -31,6 +33,7 @@ from semhooks.interventions import (
     random_control,
 )
 from semhooks.model import adapt
+from semhooks.plots import new_figure, save_figure
 
 
 # ---------------------------------------------------------------------- generation
@@ -119,6 +122,51 @@ class SteeringCurve:
     per_prompt_prob: list[list[float]] = field(default_factory=list)
     per_prompt_control_prob: list[list[float]] | None = None
     provenance: dict[str, Any] = field(default_factory=dict)
+    control_kind: str | None = None
+
+    @property
+    def direction_norm(self) -> float | None:
+        """``||v||`` of a Steer's direction (the mean over rows for per-row directions), else
+        None."""
+        direction = self.intervention.get("direction")
+        if isinstance(direction, dict):  # Intervention.to_dict's tensor encoding
+            direction = direction.get("__tensor__")
+        if not isinstance(direction, list) or not direction:
+            return None
+        v = np.asarray(direction, dtype=np.float64)
+        return float(np.linalg.norm(v, axis=-1).mean())
+
+    def describe_intervention(self) -> str:
+        """One line: what acts where, at which scale (``Steer at layer 12 (resid_post),
+        ||v|| = 4.2: h <- h + alpha v``)."""
+        kind = str(self.intervention.get("type", "intervention"))
+        layers = self.intervention.get("layers")
+        where = ""
+        if layers is not None:
+            many = isinstance(layers, list) and len(layers) != 1
+            shown = layers[0] if isinstance(layers, list) and len(layers) == 1 else layers
+            where = f" at layer{'s' if many else ''} {shown}"
+            site = self.intervention.get("site")
+            if site:
+                where += f" ({site})"
+        norm = self.direction_norm
+        scale = f", ||v|| = {norm:.3g}: h <- h + alpha v" if norm is not None else ""
+        return f"{kind}{where}{scale}"
+
+    def describe_control(self) -> str:
+        """The control in words (for legends and reports)."""
+        if self.control is None:
+            return "no control"
+        if self.control_kind == "random":
+            return "control: random direction of the same norm"
+        if self.control_kind == "placebo":
+            return "control: norm-matched placebo (random direction, same displacement size)"
+        return f"control: {self.control.get('type', 'intervention')}"
+
+    def logit_diff_label(self) -> str:
+        """Which minus which the logit difference is."""
+        other = "contrast tokens" if self.contrast_tokens else "all vocabulary"
+        return f"mean logit(target tokens) - mean logit({other})"
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-serialisable data."""
@@ -145,35 +193,48 @@ class SteeringCurve:
         c = None if ctrl is None else max(abs(x - base) for x in ctrl)
         return m, c
 
-    def plot(self, ax: Any = None, path: str | None = None) -> Any:
-        """Probability and logit difference against alpha (control dashed). Returns a Figure."""
-        import matplotlib
+    def plot(self, ax: Any = None, path: str | os.PathLike[str] | None = None) -> Figure:
+        """P(target) and the logit difference against alpha, intervention vs control (dashed)
+        and the no-hook baseline. The title states the intervention's layer and scale, the
+        y-label which logits are subtracted, the legend what the control is.
 
+        ``ax``: two axes to draw on (a new figure otherwise). Returns the Figure.
+        """
         if ax is None:
-            matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
-
-        if ax is None:
-            fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+            fig, axes = new_figure(2, width=4.8, height=3.8)
         else:
-            axes = ax if isinstance(ax, (list, tuple, np.ndarray)) else [ax]
-            fig = axes[0].figure
-        series = [("prob", "P(target)"), ("logit_diff", "logit difference")]
-        kind = self.intervention.get("type", "intervention")
-        for a, (key, label) in zip(axes, series, strict=False):
-            a.plot(self.alphas, getattr(self, key), marker="o", label=kind)
+            axes = list(ax) if isinstance(ax, (list, tuple, np.ndarray)) else [ax]
+            # the root figure, also for axes on a SubFigure (its .figure is the root)
+            owner = axes[0].figure
+            fig = cast(Figure, owner if isinstance(owner, Figure) else owner.figure)
+        targets = ", ".join(repr(t) for t in self.target_tokens[:4])
+        contrast = ", ".join(repr(t) for t in (self.contrast_tokens or [])[:4])
+        series = [
+            ("prob", "P(target tokens), summed", f"targets: {targets}"),
+            (
+                "logit_diff",
+                self.logit_diff_label(),
+                f"{targets} minus {contrast}" if contrast else f"{targets} minus vocabulary mean",
+            ),
+        ]
+        kind = str(self.intervention.get("type", "intervention"))
+        for a, (key, label, title) in zip(axes, series, strict=False):
+            a.plot(self.alphas, getattr(self, key), marker="o", label=f"{kind} along v")
             ctrl = getattr(self, f"control_{key}")
             if ctrl is not None:
-                a.plot(self.alphas, ctrl, marker="x", linestyle="--", label="control")
+                a.plot(self.alphas, ctrl, marker="x", linestyle="--", label=self.describe_control())
             a.axhline(getattr(self, f"baseline_{key}"), color="grey", lw=0.8, label="no hook")
             a.set_xlabel("alpha")
-            a.set_ylabel(label)
-        axes[0].legend(fontsize=8)
-        targets = ", ".join(repr(t) for t in self.target_tokens[:4])
-        fig.suptitle(f"{kind} on {targets}", fontsize=10)
-        fig.tight_layout()
+            a.set_ylabel(label, fontsize="small")
+            a.set_title(title, fontsize="small")
+            a.grid(True, alpha=0.3)
+        axes[0].legend(fontsize="x-small")
+        n = self.provenance.get("n_prompts")
+        fig.suptitle(
+            self.describe_intervention() + (f"; mean over {n} prompts" if n else ""), fontsize=10
+        )
         if path is not None:
-            fig.savefig(path, dpi=120)
+            save_figure(fig, path)
         return fig
 
 
@@ -240,12 +301,16 @@ def steering_curve(
         contrast_tokens = [contrast_tokens]
     target = _token_ids(adapter, target_tokens, "target token")
     contrast = _token_ids(adapter, contrast_tokens, "contrast token") if contrast_tokens else None
+    kind: str | None = None
     if control == "random":
         ctrl: Intervention | None = random_control(intervention, seed)
+        kind = "random"
     elif control == "placebo":
         ctrl = placebo(intervention, seed)
+        kind = "placebo"
     elif control is None or isinstance(control, Intervention):
         ctrl = control
+        kind = None if control is None else "custom"
     else:
         raise ValueError(
             f"control must be 'random', 'placebo', an Intervention or None: {control!r}"
@@ -294,6 +359,7 @@ def steering_curve(
         per_prompt_prob=per,
         per_prompt_control_prob=cper if ctrl is not None else None,
         provenance=adapter.provenance(n_prompts=len(prompts), seed=seed),
+        control_kind=kind,
     )
 
 
