@@ -17,9 +17,11 @@ import dataclasses
 import json
 import math
 import os
+import re
 import time
 import types
 import typing
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -235,6 +237,72 @@ def config_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
+# ---------------------------------------------------------------------- reporting helpers
+@dataclass(frozen=True)
+class Definition:
+    """One entry of a report's definitions section (see :meth:`RunContext.define`)."""
+
+    term: str
+    text: str
+    pattern: str
+
+    def matches(self, text: str) -> bool:
+        return re.search(self.pattern, text) is not None
+
+
+#: Definitions every report may need; recipes add their own with ``ctx.define``.
+COMMON_DEFINITIONS = (
+    Definition(
+        "accuracy",
+        "fraction of evaluation items predicted correctly, shown with n (the evaluation "
+        "items) and its 95% interval",
+        r"accuracy",
+    ),
+    Definition(
+        "95% CI",
+        "Wilson score interval for a binomial proportion (the value times n successes out "
+        "of n); it covers sampling noise of the evaluation items only, not seeds or layer "
+        "choice",
+        r"_ci95$|95% CI",
+    ),
+    Definition("n", "number of evaluation items behind a proportion", r"_n$|n_test|\bn="),
+    Definition("seconds", "wall-clock seconds measured in this run", r"(^|[._])seconds"),
+)
+
+
+def ci95(value: float, n: int) -> list[float]:
+    """95% Wilson interval ``[low, high]`` of a proportion ``value`` measured on ``n`` items
+    (``value * n`` is rounded to the nearest count of successes)."""
+    from semhooks.probing import wilson_interval
+
+    n = int(n)
+    successes = min(n, max(0, round(float(value) * n)))
+    low, high = wilson_interval(successes, n)
+    return [low, high]
+
+
+def add_proportion(summary: dict[str, Any], key: str, value: float, n: int) -> None:
+    """``summary[key] = value`` with ``key_n`` and ``key_ci95`` beside it (rendered as one
+    cell: ``0.725 (n=80, 95% CI [0.62, 0.81])``)."""
+    summary[key] = float(value)
+    summary[f"{key}_n"] = int(n)
+    summary[f"{key}_ci95"] = ci95(value, n) if n > 0 and math.isfinite(value) else None
+
+
+def _load_model(name: str, key: str) -> Any:
+    """``load_model(name)``; a name that cannot be loaded is a config error (one line)."""
+    import semhooks as sh
+
+    try:
+        return sh.load_model(name)
+    except OSError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        first = first.split(" Original error:")[0]
+        if repr(name) not in first:
+            first = f"cannot load {name!r}: {first}"
+        raise ConfigError(f"{key}: {first}") from exc
+
+
 # ---------------------------------------------------------------------- run context
 @dataclass
 class RunContext:
@@ -247,19 +315,26 @@ class RunContext:
     figures: list[tuple[str, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     resumed: list[str] = field(default_factory=list)
+    definitions: list[Definition] = field(default_factory=list)
 
     @property
     def model(self) -> Any:
         if self._model is None:
-            import semhooks as sh
-
-            self._model = sh.load_model(self.config.model)
+            self._model = _load_model(self.config.model, "model")
         return self._model
 
     def load_other(self, name: str) -> Any:
-        import semhooks as sh
+        return _load_model(name, "model name")
 
-        return sh.load_model(name)
+    def define(self, term: str, text: str, pattern: str | None = None) -> None:
+        """Define a metric or table column for the report's definitions section.
+
+        The definition is printed when ``pattern`` (a regular expression, default the term
+        itself) occurs in a summary key, a table or a note of the run; a recipe defines every
+        metric it can report, and the report keeps those it did.
+        """
+        if not any(d.term == term for d in self.definitions):
+            self.definitions.append(Definition(term, text, pattern or re.escape(term)))
 
     @property
     def artifacts(self) -> Path:
@@ -335,7 +410,13 @@ def run_recipe(
     *,
     model: Any = None,
 ) -> dict[str, Any]:
-    """Check, run, and write ``metrics.json`` + ``report.md`` for one recipe."""
+    """Check, run, and write ``metrics.json`` + ``report.md`` for one recipe.
+
+    The config is checked against the model before the output folder is created, so a
+    failed check leaves nothing behind. Every warning raised while the recipe runs is
+    recorded, written into ``metrics.json`` and the report, and then re-emitted (once per
+    distinct message) so the caller's warning filters still apply.
+    """
     import semhooks as sh
 
     recipe = get_recipe(name)
@@ -344,13 +425,22 @@ def run_recipe(
             f"recipe {name} needs a {recipe.config_cls.__name__}, got {type(config).__name__}"
         )
     out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
     ctx = RunContext(out_dir, config, progress=getattr(config, "progress", True), _model=model)
-    if recipe.check is not None:
-        recipe.check(config, ctx)
     t0 = time.perf_counter()
-    metrics = recipe.run(config, ctx)
-    seconds = time.perf_counter() - t0
+    caught: list[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            if recipe.check is not None:
+                recipe.check(config, ctx)
+            t_checked = time.perf_counter()
+            out_dir.mkdir(parents=True, exist_ok=True)
+            metrics = recipe.run(config, ctx)
+    except BaseException:
+        _reemit(_distinct_warnings(caught), quiet=True)
+        raise
+    t_done = time.perf_counter()
+    recorded = _distinct_warnings(caught)
     provenance: dict[str, Any] = {"date": now_iso(), "semhooks_version": sh.__version__}
     if ctx._model is not None:
         provenance.update(sh.adapt(ctx._model).provenance())
@@ -358,38 +448,129 @@ def run_recipe(
         "recipe": name,
         "config": config_dict(config),
         "provenance": provenance,
-        "seconds": round(seconds, 2),
+        "seconds": round(t_done - t0, 2),
+        "seconds_detail": {
+            "check_and_model_load": round(t_checked - t0, 2),
+            "recipe": round(t_done - t_checked, 2),
+        },
         "resumed_artifacts": ctx.resumed,
+        "warnings": [{k: v for k, v in w.items() if k != "raw"} for w in recorded],
         "metrics": _jsonable(metrics),
     }
     atomic_write_json(out_dir / "metrics.json", doc)
     atomic_write_text(out_dir / "report.md", render_report(recipe, doc, ctx))
+    _reemit(recorded)
     return doc
+
+
+def _distinct_warnings(caught: list[warnings.WarningMessage]) -> list[dict[str, Any]]:
+    """One entry per distinct (category, message), in order of first appearance."""
+    seen: dict[tuple[str, str], dict[str, Any]] = {}
+    for w in caught:
+        key = (w.category.__name__, str(w.message))
+        if key in seen:
+            seen[key]["count"] += 1
+            continue
+        where = Path(w.filename)
+        short = "/".join(where.parts[-2:]) if len(where.parts) >= 2 else where.name
+        seen[key] = {
+            "category": w.category.__name__,
+            "message": str(w.message),
+            "source": f"{short}:{w.lineno}",
+            "count": 1,
+            "raw": w,
+        }
+    return list(seen.values())
+
+
+def _reemit(recorded: list[dict[str, Any]], *, quiet: bool = False) -> None:
+    """Hand recorded warnings back to the caller's filters (``quiet``: while an exception is
+    already on its way out, a warning turned into an error must not replace it)."""
+    for entry in recorded:
+        w = entry["raw"]
+        try:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+        except Warning:
+            if not quiet:
+                raise
 
 
 def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_fmt(x) for x in v) + "]"
     return str(v)
 
 
+def _summary_rows(summary: dict[str, Any]) -> list[str]:
+    """Table rows; a proportion's ``_n`` and ``_ci95`` siblings go into its own cell."""
+    rows = []
+    for k, v in summary.items():
+        base = re.sub(r"_(n|ci95)$", "", k)
+        if base != k and base in summary and f"{base}_n" in summary:
+            continue
+        cell = _fmt(v)
+        if f"{k}_n" in summary and f"{k}_ci95" in summary:
+            ci = summary[f"{k}_ci95"]
+            interval = f", 95% CI [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
+            cell = f"{_fmt(v)} (n={summary[f'{k}_n']}{interval})"
+        rows.append(f"| {k} | {cell} |")
+    return rows
+
+
+def report_definitions(
+    summary: dict[str, Any], texts: list[str], definitions: list[Definition]
+) -> list[Definition]:
+    """The definitions whose pattern occurs in a summary key or in one of ``texts``."""
+    keys = list(summary)
+    out: list[Definition] = []
+    for d in [*definitions, *COMMON_DEFINITIONS]:
+        if any(d.matches(k) for k in keys) or any(d.matches(t) for t in texts):
+            if all(o.term != d.term for o in out):
+                out.append(d)
+    return out
+
+
+def undefined_metrics(summary: dict[str, Any], definitions: list[Definition]) -> list[str]:
+    """Summary keys that no definition covers (a report must have none)."""
+    every = [*definitions, *COMMON_DEFINITIONS]
+    return [k for k in summary if not any(d.matches(k) for d in every)]
+
+
 def render_report(recipe: Recipe, doc: dict[str, Any], ctx: RunContext) -> str:
-    lines = [f"# {recipe.name}", "", recipe.description, ""]
     prov = doc["provenance"]
+    metrics = doc["metrics"] if isinstance(doc["metrics"], dict) else {}
+    detail = doc.get("seconds_detail") or {}
+    lines = [f"# {recipe.name}", "", recipe.description, ""]
     lines += [
         f"Model `{prov.get('model', doc['config'].get('model'))}` "
         f"({prov.get('backend', '?')}, TransformerLens {prov.get('transformer_lens_version', '?')}), "
-        f"semhooks {prov.get('semhooks_version')}, {prov.get('date')}; {doc['seconds']} s.",
+        f"semhooks {prov.get('semhooks_version')}, {prov.get('date')}.",
         "",
     ]
+    timing = f"Measured run time: {doc['seconds']} s"
+    if detail:
+        timing += (
+            f" ({detail.get('check_and_model_load')} s config check and model load, "
+            f"{detail.get('recipe')} s recipe)"
+        )
+    lines += [timing + ".", ""]
+    recorded = doc.get("warnings") or []
+    if recorded:
+        lines += [
+            f"**{len(recorded)} distinct warning(s) were raised during this run; see "
+            "[Warnings](#warnings-raised-during-the-run).**",
+            "",
+        ]
     if doc["resumed_artifacts"]:
         lines += [f"Resumed from cached artifacts: {', '.join(doc['resumed_artifacts'])}.", ""]
-    summary = doc["metrics"].get("summary") if isinstance(doc["metrics"], dict) else None
-    if isinstance(summary, dict):
-        lines += ["| metric | value |", "|---|---|"]
-        lines += [f"| {k} | {_fmt(v)} |" for k, v in summary.items()]
-        lines.append("")
-    for table in doc["metrics"].get("tables", []) if isinstance(doc["metrics"], dict) else []:
+    summary = metrics.get("summary")
+    summary = summary if isinstance(summary, dict) else {}
+    if summary:
+        lines += ["| metric | value |", "|---|---|", *_summary_rows(summary), ""]
+    tables = list(metrics.get("tables", []))
+    for table in tables:
         lines += [table, ""]
     for note in ctx.notes:
         lines += [note, ""]
@@ -397,5 +578,20 @@ def render_report(recipe: Recipe, doc: dict[str, Any], ctx: RunContext) -> str:
         lines += [f"![{caption or fname}]({fname})", ""]
         if caption:
             lines += [f"*{caption}*", ""]
+    found = report_definitions(summary, [*tables, *ctx.notes], ctx.definitions)
+    undefined = undefined_metrics(summary, ctx.definitions)
+    if found or undefined:
+        lines += ["## Definitions", ""]
+        lines += [f"- `{d.term}`: {d.text}." for d in found]
+        lines += [f"- `{k}`: no definition given by the recipe." for k in undefined]
+        lines.append("")
+    lines += ["## Warnings raised during the run", ""]
+    if recorded:
+        for w in recorded:
+            times = f", {w['count']} times" if w["count"] > 1 else ""
+            lines.append(f"- `{w['category']}` ({w['source']}{times}): {w['message']}")
+    else:
+        lines.append("None.")
+    lines.append("")
     lines += ["## Config", "", "```json", json.dumps(doc["config"], indent=2), "```", ""]
     return "\n".join(lines)

@@ -69,8 +69,13 @@ def emergence_profile(config: EmergenceProfileConfig, ctx: RunContext) -> dict[s
         return res.to_dict()
 
     result = EmergenceResult.from_dict(ctx.cached_json("emergence", run))
+    n_blocks = len(result.layers)
     ctx.save_figure(
-        "emergence", result.plot(), f"Information emergence ({config.inputs}, {config.estimator})"
+        "emergence",
+        result.plot(),
+        f"Information emergence ({config.inputs}, {config.estimator} estimator, "
+        f"n={result.protocol.get('n_sequences')} sequences, {n_blocks} blocks: "
+        f"{', '.join(str(x) for x in result.layers)})",
     )
     ie = np.asarray(result.ie, dtype=float)
     finite = np.isfinite(ie)
@@ -87,4 +92,40 @@ def emergence_profile(config: EmergenceProfileConfig, ctx: RunContext) -> dict[s
         "ceiling_macro_last": float(np.asarray(result.ceiling_macro)[-1]),
         "nan_cells": int((~finite).sum()),
     }
+    _define(ctx)
     return {"summary": summary, "tables": [result.table()], "result": result.to_dict()}
+
+
+def _define(ctx: RunContext) -> None:
+    ctx.define(
+        "IE",
+        "information emergence IE(l, t) = MI(macro) - mean MI(micro), in bits: how much the "
+        "block-l state at position t says about the whole prefix beyond what the states say "
+        "about their own tokens (Chen et al. 2024); the MI values are estimates (lower bounds "
+        "for MINE/InfoNCE)",
+        r"(^|[._])(mean|max)_ie$|\| block \|",
+    )
+    ctx.define("mean_ie", "mean of IE over every finite (block, position) cell", r"mean_ie")
+    ctx.define("max_ie", "the largest IE cell", r"max_ie")
+    ctx.define(
+        "argmax_layer",
+        "the block of the largest IE cell (descriptive: picked on the same data)",
+        r"argmax_layer",
+    )
+    ctx.define(
+        "ceiling",
+        "log2 of the number of distinct inputs (sequences for macro; tokens, averaged over "
+        "positions, for micro): no MI estimate can exceed it, and one within 90% of it is "
+        "saturated",
+        r"ceiling",
+    )
+    ctx.define(
+        "ceiling_macro_last",
+        "the macro ceiling at the last position",
+        r"ceiling_macro_last",
+    )
+    ctx.define(
+        "nan_cells",
+        "(block, position) cells without an estimate (too few distinct inputs for the estimator)",
+        r"nan_cells",
+    )

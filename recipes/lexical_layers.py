@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from recipes.core import ConfigError, RecipeConfig, RunContext, register
+from recipes.core import ConfigError, RecipeConfig, RunContext, add_proportion, ci95, register
 
 
 @dataclass
@@ -62,14 +62,66 @@ def lexical_layers(config: LexicalLayersConfig, ctx: RunContext) -> dict[str, An
         enc_dict = ctx.cached_json("wic_encoder", lambda: study(ctx.load_other(encoder)).to_dict())
         results["encoder"] = WiCResult.from_dict(enc_dict)
     fig = dec.plot(results.get("encoder"))
-    ctx.save_figure("wic_layers", fig, "WiC dev accuracy per layer (threshold readout)")
+    n_eval = dec.protocol.get("n_eval")
+    ctx.save_figure(
+        "wic_layers",
+        fig,
+        f"WiC {dec.protocol.get('eval_split', 'dev')} accuracy per layer (n={n_eval} pairs, "
+        "cosine + threshold readout), with 95% Wilson bands; y from at most chance (0.5) to 1.0",
+    )
     summary: dict[str, Any] = {}
+    peaks = []
     for role, res in results.items():
-        for variant, layer in res.best_layer.items():
-            summary[f"{role}_{variant}_best_layer"] = layer
-            summary[f"{role}_{variant}_best_acc"] = res.best_accuracy[variant]
+        n = int(res.protocol.get("n_eval") or 0)
+        for variant, layer in res.selected_layer.items():
+            summary[f"{role}_{variant}_layer"] = layer
+            add_proportion(summary, f"{role}_{variant}_accuracy", res.selected_accuracy[variant], n)
+            peak, at = res.best_accuracy[variant], res.best_layer[variant]
+            low, high = ci95(peak, n)
+            peaks.append(
+                f"{role} {variant}: {peak:.3f} at layer {at} (n={n}, 95% CI [{low:.3f}, {high:.3f}])"
+            )
+    ctx.notes.append(
+        "Layer choice: each `*_layer` is chosen on the fit split "
+        f"({dec.protocol.get('fit_split')}, n={dec.protocol.get('n_fit')} pairs) and "
+        "`*_accuracy` is measured at that layer on the evaluation split "
+        f"({dec.protocol.get('eval_split')}). For comparison only, the peak over layers *chosen "
+        "on the evaluation split itself* (optimistic: the maximum of "
+        f"{len(dec.layers)} noisy estimates): " + "; ".join(peaks) + "."
+    )
+    _define(ctx)
     return {
         "summary": summary,
         "tables": [f"### {role}\n\n{res.table()}" for role, res in results.items()],
         "results": {role: res.to_dict() for role, res in results.items()},
     }
+
+
+def _define(ctx: RunContext) -> None:
+    ctx.define(
+        "decoder/encoder_<variant>_layer",
+        "the layer (block output, `blocks.L.hook_resid_post`) with the highest accuracy on the "
+        "fit split; the evaluation split plays no part in choosing it",
+        r"(decoder|encoder)_\w+_layer$",
+    )
+    ctx.define(
+        "decoder/encoder_<variant>_accuracy",
+        "WiC accuracy on the evaluation split at that layer: the two sentences' target-word "
+        "vectors (standardised, cosine) are called 'same sense' above a threshold chosen on "
+        "the fit split",
+        r"(decoder|encoder)_\w+_accuracy",
+    )
+    ctx.define(
+        "<variant> cos / probe (table)",
+        "evaluation accuracy (%) per layer of the cosine + threshold readout (cos) or the "
+        "logistic probe on [|a-b|, a*b] (probe), with the 95% Wilson interval in brackets; "
+        "bold: the column's peak over layers on the evaluation split (optimistic)",
+        r"\w+ (cos|probe) \|",
+    )
+    ctx.define(
+        "variants",
+        "the word's vector is read: base, from its tokens in the sentence; repeat, from its "
+        "tokens in the second copy of the sentence written twice; prompt, at the last token "
+        "of a template asking for the word's meaning; last, at the sentence's last token",
+        r"(decoder|encoder)_(base|repeat|prompt|last)_",
+    )

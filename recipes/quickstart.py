@@ -1,4 +1,5 @@
-"""Recipe ``quickstart``: a fast tour on SmolLM2 (under 5 minutes on 2 CPU cores).
+"""Recipe ``quickstart``: a short tour on SmolLM2 (its report states the measured run time;
+the README gives cold and warm timings).
 
 Per-layer states -> lexical semantics by layer (WiC, small) -> a steering direction with
 its random control -> one relation's concepts (randomized Jacobians) -> information
@@ -36,7 +37,7 @@ def _steps(config: QuickstartConfig) -> list[tuple[str, str, Any]]:
             **common, encoder=None, variants=["repeat"], n_fit=config.wic_pairs,
             n_eval=config.wic_pairs, probe=False)),
         ("steering", "concept-steering", ConceptSteeringConfig(
-            **common, alphas=[-1.0, 0.0, 1.0], max_new_tokens=6,
+            **common, alphas=[-1.0, -0.5, -0.25, 0.0, 0.25, 0.5, 1.0], max_new_tokens=6,
             prompts=["The movie was", "My day has been"])),
         ("relation", "relation-concepts", RelationConceptsConfig(
             **common, relations=[config.relation], rank=50, max_prompts=40, n_lre_prompts=10)),
@@ -57,7 +58,7 @@ def _check(config: QuickstartConfig, ctx: RunContext) -> None:
 
 @register("quickstart", QuickstartConfig, check=_check)
 def quickstart(config: QuickstartConfig, ctx: RunContext) -> dict[str, Any]:
-    """A five-minute tour: states, WiC by layer, steering, relation concepts, emergence."""
+    """A short tour: states, WiC by layer, steering, relation concepts, emergence."""
     import time
 
     import semhooks as sh
@@ -84,4 +85,22 @@ def quickstart(config: QuickstartConfig, ctx: RunContext) -> dict[str, Any]:
             summary[f"{name}.{k}"] = v
         tables += [f"## {name}\n\n{tab}" for tab in sub.get("tables", [])]
     summary.update({f"seconds.{k}": round(v, 1) for k, v in seconds.items()})
+    ctx.define(
+        "last_layer_mean_norm",
+        f"mean L2 norm of the last-token state at the last layer over {len(SUMMARY_TEXTS)} "
+        "short texts (the scale residual states have)",
+        r"last_layer_mean_norm",
+    )
+    ctx.define(
+        "seconds.<step>",
+        "measured wall-clock seconds of each step of this run (states, wic, steering, "
+        "relation, emergence), model loading excluded",
+        r"^seconds\.",
+    )
+    ctx.notes.insert(
+        0,
+        "Metric names are `<step>.<metric>`, the step's recipe being wic: lexical-layers "
+        "(WiC pairs from the dev split), steering: concept-steering, relation: "
+        "relation-concepts, emergence: emergence-profile; each metric is defined below.",
+    )
     return {"summary": summary, "tables": tables}

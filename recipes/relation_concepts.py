@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from recipes.core import ConfigError, RecipeConfig, RunContext, register
+from recipes.core import ConfigError, RecipeConfig, RunContext, add_proportion, register
 
 
 @dataclass
@@ -28,10 +28,17 @@ def _check(config: RelationConceptsConfig, ctx: RunContext) -> None:
     import semhooks as sh
     from semhooks.relations import list_relations
 
-    known = set(list_relations())
+    known = list_relations()
     bad = [r for r in config.relations if r not in known]
     if bad:
-        raise ConfigError(f"relations: unknown {bad}; see semhooks.relations.list_relations()")
+        import difflib
+
+        close = sorted({c for r in bad for c in difflib.get_close_matches(r, known, n=3)})
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ConfigError(
+            f"relations: unknown {bad}.{hint} The {len(known)} bundled relations: "
+            f"{', '.join(sorted(known))}"
+        )
     a = sh.adapt(ctx.model)
     for key in ("subject_layer", "object_layer"):
         try:
@@ -112,12 +119,63 @@ def relation_concepts(config: RelationConceptsConfig, ctx: RunContext) -> dict[s
         if "rows" not in res:
             summary[f"{name}_skipped"] = res["skipped"][:80]
             continue
+        n = int(res["n_test"])
         by = {r["method"]: r for r in res["rows"]}
         for method, r in by.items():
-            summary[f"{name}_{method}_accuracy"] = r["accuracy"]
+            add_proportion(summary, f"{name}_{method}_accuracy", r["accuracy"], n)
             if r.get("causality") is not None:
-                summary[f"{name}_{method}_causality"] = r["causality"]
-        summary[f"{name}_n_test"] = res["n_test"]
+                add_proportion(summary, f"{name}_{method}_causality", r["causality"], n)
+        if by.get("LRC", {}).get("control") is not None:
+            add_proportion(summary, f"{name}_LRC_control", by["LRC"]["control"], n)
+        summary[f"{name}_n_test"] = n
+    ctx.notes.append(
+        f"Settings: subject states at layer {config.subject_layer}, object states at layer "
+        f"{config.object_layer}, LRE rank {config.rank} ({config.method} Jacobians, "
+        f"{config.n_lre_prompts} prompts per LRE), {config.n_shot}-shot prompts; train/test: "
+        "half of the valid prompts of each object, seeded. Intervention scale of the causal "
+        "swap: h <- h + alpha ||h|| (u_target - u_source) at the subject's last token, at every "
+        f"layer, alpha = {config.alpha:g}: at each layer a vector of norm alpha ||h|| "
+        f"||u_target - u_source|| (at most {2 * config.alpha:g} ||h||) is added."
+    )
+    _define(ctx)
     # one table: a row per relation, then the unweighted mean per category and overall
-    table = table_markdown(evaluations, by_category=True)
+    table = table_markdown(evaluations, by_category=True, ci=True)
     return {"summary": summary, "tables": [table], "relations": rows}
+
+
+def _define(ctx: RunContext) -> None:
+    ctx.define(
+        "<method> accuracy / acc",
+        "fraction of held-out test prompts whose subject state (subject layer, subject's "
+        "last token) the method assigns to the right object; LRC: nearest relational concept "
+        "(Chanin et al. 2024); logistic, svm, mean_difference: linear baselines on the same "
+        "states and split",
+        r"_(LRC|logistic|svm|mean_difference)_accuracy|\bacc\b",
+    )
+    ctx.define(
+        "causal / causality",
+        "causal swap success: fraction of test prompts where, after moving the subject state "
+        "from the source object's concept towards another object's (the swap above), the "
+        "model's probability of the target answer (minimum over its tokens, teacher forced) "
+        "beats the original answer's",
+        r"causal",
+    )
+    ctx.define(
+        "LRC control (swap)",
+        "the LRC's causal swap with random unit vectors at the same angle in place of the "
+        "concepts (what a swap of that size does without meaning); same n and success rule",
+        r"LRC[ _]control",
+    )
+    ctx.define(
+        "LRE faith.",
+        "LRE faithfulness: fraction of test prompts where the linear relational embedding's "
+        "decoded top token equals the model's own top next token (Hernandez et al. 2023)",
+        r"faith",
+    )
+    ctx.define("n_test", "held-out test prompts of the relation", r"n_test")
+    ctx.define("n_obj", "distinct objects (answers) among the valid prompts", r"n_obj")
+    ctx.define(
+        "skipped",
+        "the relation could not be evaluated on this model (reason given)",
+        r"_skipped$",
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from recipes.core import ConfigError, RecipeConfig, RunContext, register
+from recipes.core import ConfigError, RecipeConfig, RunContext, add_proportion, register
 
 
 @dataclass
@@ -76,10 +76,34 @@ def vocab_calibration(config: VocabCalibrationConfig, ctx: RunContext) -> dict[s
     for name, res in results.items():
         for s in res["scores"]:
             short = s["method"].split(" (")[0].replace(" ", "_")
-            summary[f"{name}.{short}.accuracy"] = s["accuracy"]
+            add_proportion(summary, f"{name}.{short}.accuracy", s["accuracy"], s["n_test"])
             summary[f"{name}.{short}.ari"] = s["ari"]
+    _define(ctx, config)
     return {
         "summary": summary,
         "tables": [r["table"] for r in results.values()],
         "results": results,
     }
+
+
+def _define(ctx: RunContext, config: VocabCalibrationConfig) -> None:
+    ctx.define(
+        "<dataset>.<method>.accuracy",
+        "fraction of the dataset's test items classified correctly by that method (the "
+        "1-shot/k-shot ICL row is scored on at most `icl_limit` items, hence its smaller n)",
+        r"\.accuracy$",
+    )
+    ctx.define(
+        "ari",
+        "adjusted Rand index between the predicted and the true classes (0: chance "
+        "agreement, 1: identical partitions), on the same test items",
+        r"\.ari$|ARI",
+    )
+    ctx.define(
+        "methods",
+        f"zero-shot / ICL: the label words' ({', '.join(config.label_words)}) next-token "
+        "logits; kNN and logistic regression: trained on the raw states; nearest label basis: "
+        "the label words' semantic basis before calibration; semantic calibration: after it "
+        "(Gu et al. 2024)",
+        r"semantic_calibration|semantic calibration",
+    )

@@ -22,6 +22,7 @@ clusters (for the semantic rows: the nearest-label-basis clusters before and aft
 from __future__ import annotations
 
 import copy
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -611,18 +612,28 @@ class CalibrationResult:
         return [s.method for s in self.scores]
 
     def table(self) -> str:
-        """Markdown table: method, accuracy, ARI, test items, seconds."""
+        """Markdown table: method, accuracy with its 95% Wilson interval over the test items,
+        ARI, test items, seconds."""
+        from semhooks.probing import wilson_interval
+
         lines = [
             f"**{self.dataset}** ({self.model}, layer {self.layer}, label words "
             f"{self.label_words}, {self.n_train} training items)",
             "",
-            "| method | accuracy | ARI | n test | s |",
-            "|---|---|---|---|---|",
+            "| method | accuracy | 95% CI | ARI | n test | s |",
+            "|---|---|---|---|---|---|",
         ]
-        lines += [
-            f"| {s.method} | {s.accuracy:.3f} | {s.ari:.3f} | {s.n_test} | {s.seconds:.1f} |"
-            for s in self.scores
-        ]
+        for s in self.scores:
+            n = int(s.n_test)
+            if n > 0 and math.isfinite(s.accuracy):
+                low, high = wilson_interval(min(n, max(0, round(s.accuracy * n))), n)
+                interval = f"[{low:.3f}, {high:.3f}]"
+            else:
+                interval = "-"
+            lines.append(
+                f"| {s.method} | {s.accuracy:.3f} | {interval} | {s.ari:.3f} | {n} | "
+                f"{s.seconds:.1f} |"
+            )
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:

@@ -2,11 +2,16 @@
 
 ``semhooks summary``  per-layer summary of a model's states (norms, anisotropy, logit lens).
 Recipes add ``list``, ``run`` and ``show`` (see :mod:`recipes`).
+
+Exit codes: 0 success, 2 bad usage (including a model that cannot be loaded), 1 a failed
+run, 130 interrupted; output cut short by a closed pipe (``semhooks show DIR --json | head``)
+ends quietly with 141, as a program killed by SIGPIPE does.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -75,11 +80,34 @@ def _cmd_cache(args: argparse.Namespace) -> int:
     return 0
 
 
+SUMMARY_DESCRIPTION = f"""\
+Load a model and print one line per layer for the last token of {len(SUMMARY_TEXTS)} short
+built-in texts: the mean norm of the residual state (blocks.L.hook_resid_post), the mean
+pairwise cosine between the texts' states (anisotropy: near 1 means every state points the
+same way), and, for decoders, the logit-lens top token of the first text
+({SUMMARY_TEXTS[0]!r}) read through the final norm and unembedding. A quick check that a
+model loads and that its layers look sane before running a recipe."""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="semhooks", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("summary", help="per-layer summary of a model's states")
-    p.add_argument("--model", default="smollm2-135m")
+    parser = argparse.ArgumentParser(
+        prog="semhooks",
+        description=__doc__.splitlines()[0],
+        epilog="Run 'semhooks COMMAND --help' for the options of one command.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p = sub.add_parser(
+        "summary",
+        help="per-layer summary of a model's states: norms, anisotropy, logit lens",
+        description=SUMMARY_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--model",
+        default="smollm2-135m",
+        help="smollm2-135m (default), minilm-l6, tiny-llama, tiny-gpt2, tiny-bert, or a "
+        "Hugging Face model name in the local cache",
+    )
     p.set_defaults(func=_cmd_summary)
     p = sub.add_parser(
         "cache", help="show or clear semhooks' cache (dequantised weights, bases, verdicts)"
@@ -95,14 +123,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+EXIT_USAGE = 2
+EXIT_BROKEN_PIPE = 141
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args))
+        code = int(args.func(args))
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+        return code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
+    except OSError as exc:  # a model that cannot be loaded: one line, not the hub's traceback
+        if getattr(args, "command", None) != "summary":
+            raise
+        first = (str(exc).splitlines() or [type(exc).__name__])[0].split(" Original error:")[0]
+        print(f"semhooks: {first}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush does not fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # stdout without a file descriptor (captured in tests)
+        pass
 
 
 if __name__ == "__main__":

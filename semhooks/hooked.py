@@ -47,9 +47,10 @@ __all__ = [
 DEFAULT_MAX_N_CTX = 2048
 
 _INSTALL_HINT = (
-    "HookedTransformer was removed in TransformerLens 4.x. Install TransformerLens 3.x "
-    "(pip install 'transformer-lens>=3.9,<4', which needs transformers>=5.9), e.g. in a separate "
-    "environment made by scripts/setup_tl3.sh, or use the default TransformerBridge backend "
+    "HookedTransformer was removed in TransformerLens 4.x. From a semhooks checkout, `make tl3` "
+    "builds a separate environment .venv-tl3 with TransformerLens 3.x (scripts/setup_tl3.sh); "
+    "run your code with .venv-tl3/bin/python. Elsewhere: pip install 'transformer-lens>=3.9,<4' "
+    "(needs transformers>=5.9). Or use the default TransformerBridge backend "
     "(semhooks.load_model(..., backend='bridge'))."
 )
 

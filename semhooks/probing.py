@@ -264,6 +264,7 @@ class PoolingResult:
             others are cross-domain transfer sets.
         rows: one dict per (eval set, layer, pooling) with ``accuracy``, ``ci_low``,
             ``ci_high`` (95% Wilson), ``n`` (evaluation items), ``C`` (chosen by CV),
+            ``cv_accuracy`` (cross-validated training accuracy at that ``C``),
             ``fit_seconds`` (probe fit, plus the pooler's training for ``weighted``).
         protocol: sizes, seeds, CV settings, timings.
     """
@@ -293,10 +294,27 @@ class PoolingResult:
         return out
 
     def best(self, eval_set: str | None = None) -> dict[str, Any]:
-        """The row with the highest accuracy on ``eval_set`` (default: in-domain)."""
+        """The row with the highest accuracy on ``eval_set`` (default: in-domain).
+
+        Chosen on ``eval_set`` itself, so its accuracy is an optimistic peak over
+        ``layers x poolings`` noisy estimates; :meth:`selected` chooses on the training set.
+        """
         name = self._set(eval_set)
         rows = [r for r in self.rows if r["eval_set"] == name]
         return dict(max(rows, key=lambda r: r["accuracy"]))
+
+    def selected(self, eval_set: str | None = None) -> dict[str, Any] | None:
+        """The row on ``eval_set`` of the (layer, pooling) with the highest cross-validated
+        accuracy on the training set (earliest layer, then pooling order, on ties): a choice
+        made without the evaluation sets. None for results saved before ``cv_accuracy``."""
+        name = self._set(eval_set)
+        rows = [r for r in self.rows if r["eval_set"] == name]
+        if not rows or any("cv_accuracy" not in r for r in rows):
+            return None
+        order = {(layer, p): i for i, (layer, p) in enumerate(
+            (layer, p) for layer in self.layers for p in self.poolings
+        )}  # fmt: skip
+        return dict(max(rows, key=lambda r: (r["cv_accuracy"], -order[(r["layer"], r["pooling"])])))
 
     def best_layer(self, eval_set: str | None = None) -> dict[str, int]:
         """Pooling -> the layer with the highest accuracy on ``eval_set``."""
@@ -488,6 +506,10 @@ def pooling_study(
             clf = fit_logistic_probe(x[index["__train__"]], train.labels, Cs, cv, seed)
             seconds = time.perf_counter() - t1 + (pooler_seconds / len(layer_list) if how == "weighted" else 0.0)  # fmt: skip
             c_value = float(clf[-1].C_[0])
+            # cross-validated accuracy on the training set at the chosen C: the score a
+            # (layer, pooling) can be selected by without touching any evaluation set
+            folds_by_c = np.asarray(next(iter(clf[-1].scores_.values())), dtype=np.float64)
+            cv_accuracy = float(folds_by_c.mean(axis=0).max())
             for name, data in sets.items():
                 correct = int((clf.predict(x[index[name]]) == data.labels).sum())
                 low, high = wilson_interval(correct, len(data))
@@ -501,6 +523,7 @@ def pooling_study(
                         "ci_high": high,
                         "n": len(data),
                         "C": c_value,
+                        "cv_accuracy": cv_accuracy,
                         "fit_seconds": seconds,
                     }
                 )

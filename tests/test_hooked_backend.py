@@ -397,3 +397,13 @@ def test_smollm2_greedy_paris(smollm2_pair: tuple[Any, Any, Any]) -> None:
     with torch.no_grad():
         hf_logits = hf(tok(prompt, return_tensors="pt").input_ids).logits
     assert tok.decode(hf_logits[0, -1].argmax()) == " Paris"
+
+
+def test_missing_hooked_transformer_points_to_make_tl3(monkeypatch: pytest.MonkeyPatch) -> None:
+    import transformer_lens
+
+    if HAVE_HOOKED:
+        monkeypatch.delattr(transformer_lens, "HookedTransformer")
+        monkeypatch.setitem(sys.modules, "transformer_lens.HookedTransformer", None)
+    with pytest.raises(ImportError, match=r"`make tl3` builds a separate environment \.venv-tl3"):
+        hooked_transformer_from_hf(types.SimpleNamespace(), None)

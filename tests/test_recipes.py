@@ -106,6 +106,27 @@ def test_recipe_runs_end_to_end(name, tmp_path, request):
         fname = re.search(r"\]\(([^()]+)\)$", png).group(1)
         assert (tmp_path / name / fname).stat().st_size > 1000
     assert doc["provenance"]["model"] == SMALL[name]["model"]
+    assert_trustworthy_report(doc, report)
+
+
+def assert_trustworthy_report(doc, report):
+    """Every metric defined, n and a 95% interval beside every accuracy, the measured time,
+    and the warnings section."""
+    summary = doc["metrics"]["summary"]
+    assert "## Definitions" in report and "no definition given" not in report
+    accuracies = [
+        k for k in summary if "accuracy" in k and not k.endswith(("_n", "_ci95", "_selected_on"))
+    ]
+    for key in accuracies:
+        assert isinstance(summary[f"{key}_n"], int) and summary[f"{key}_n"] > 0, key
+        low, high = summary[f"{key}_ci95"]
+        assert low <= summary[key] <= high, key
+        row = next(line for line in report.splitlines() if line.startswith(f"| {key} |"))
+        assert f"(n={summary[f'{key}_n']}, 95% CI [" in row, row
+    assert f"Measured run time: {doc['seconds']} s" in report
+    assert "## Warnings raised during the run" in report
+    for w in doc["warnings"]:
+        assert w["message"] in report
 
 
 @pytest.mark.real
@@ -117,13 +138,25 @@ def test_quickstart_on_smollm2(tmp_path, smollm2):
     doc = run_recipe("quickstart", config, tmp_path / "qs", model=smollm2)
     summary = doc["metrics"]["summary"]
     for key in (
-        "wic.decoder_repeat_best_acc",
+        "wic.decoder_repeat_accuracy",
         "steering.logit_diff_push",
         "emergence.mean_ie",
         "relation.substance_phase_LRC_accuracy",
     ):
         assert key in summary and math.isfinite(summary[key]), key
-    assert (tmp_path / "qs" / "report.md").read_text().count("![") >= 3
+    report = (tmp_path / "qs" / "report.md").read_text()
+    assert report.count("![") >= 3
+    assert_trustworthy_report(doc, report)
+    assert "five-minute" not in report
+    for term in (
+        "`logit_diff_push`",
+        "`logit_diff_max_change`",
+        "`control_* (steering)`",
+        "`causal / causality`",
+        "`LRC control (swap)`",
+    ):
+        assert term in report, term
+    assert "greedy generations (6 new tokens) at alpha = +/-3" in report
     # pushing along the sentiment direction moves good-vs-bad logits towards "good" far more
     # than a random direction of equal norm does
     push, control = summary["steering.logit_diff_push"], summary["steering.control_logit_diff_push"]
@@ -214,3 +247,207 @@ def test_relation_concepts_fails_clearly_when_no_relation_survives(tmp_path):
     with pytest.raises(RuntimeError, match="no relation could be evaluated.*substance_phase"):
         run_recipe("relation-concepts", config, tmp_path / "rc")
     assert not (tmp_path / "rc" / "metrics.json").exists()
+
+
+# ---------------------------------------------------------------------- reports a researcher trusts
+def _register(monkeypatch, name, fn):
+    from recipes.core import REGISTRY, Recipe, RecipeConfig, load_plugins
+
+    load_plugins()
+    monkeypatch.setitem(REGISTRY, name, Recipe(name, f"A test recipe ({name}).", RecipeConfig, fn))
+
+
+def test_warnings_raised_during_a_run_are_in_the_report_and_reach_the_caller(tmp_path, monkeypatch):
+    import warnings
+
+    from recipes.core import RecipeConfig
+    from semhooks.errors import NumericalWarning
+
+    def noisy(config, ctx):
+        for _ in range(2):
+            warnings.warn("estimate within 90% of its ceiling", NumericalWarning, stacklevel=1)
+        warnings.warn("a library notice", UserWarning, stacklevel=1)
+        ctx.define("value", "a number")
+        return {"summary": {"value": 1.0}}
+
+    _register(monkeypatch, "noisy", noisy)
+    with pytest.warns(Warning) as caught:
+        doc = run_recipe("noisy", RecipeConfig(progress=False), tmp_path / "noisy")
+    # re-emitted once per distinct message, after the files were written
+    assert [str(w.message) for w in caught if w.category is NumericalWarning] == [
+        "estimate within 90% of its ceiling"
+    ]
+    assert any(w.category is UserWarning for w in caught)
+    assert [(w["category"], w["count"]) for w in doc["warnings"]] == [
+        ("NumericalWarning", 2),
+        ("UserWarning", 1),
+    ]
+    saved = json.loads((tmp_path / "noisy" / "metrics.json").read_text())
+    assert saved["warnings"] == doc["warnings"]
+    report = (tmp_path / "noisy" / "report.md").read_text()
+    assert "2 distinct warning(s) were raised during this run" in report
+    assert "- `NumericalWarning` (" in report and "2 times): estimate within 90%" in report
+    assert "a library notice" in report
+
+
+def test_a_failing_run_raises_its_own_error_not_a_recorded_warning(tmp_path, monkeypatch):
+    import warnings
+
+    from recipes.core import RecipeConfig
+    from semhooks.errors import NumericalWarning
+
+    def broken(config, ctx):
+        warnings.warn("saturated", NumericalWarning, stacklevel=1)
+        raise RuntimeError("boom")
+
+    _register(monkeypatch, "broken", broken)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(RuntimeError, match="boom"):
+            run_recipe("broken", RecipeConfig(progress=False), tmp_path / "b")
+
+
+def test_undefined_metrics_are_named_in_the_report(tmp_path, monkeypatch):
+    from recipes.core import RecipeConfig
+
+    _register(monkeypatch, "terse", lambda config, ctx: {"summary": {"mystery_score": 0.5}})
+    run_recipe("terse", RecipeConfig(progress=False), tmp_path / "t")
+    report = (tmp_path / "t" / "report.md").read_text()
+    assert "- `mystery_score`: no definition given by the recipe." in report
+    assert "## Warnings raised during the run\n\nNone." in report
+
+
+def test_a_failed_config_check_creates_no_output_folder(tmp_path):
+    config = small_config("concept-steering", layer=9)
+    with pytest.raises(ConfigError, match="layer 9 is out of range"):
+        run_recipe("concept-steering", config, tmp_path / "new" / "cs")
+    assert not (tmp_path / "new").exists()
+
+
+def test_an_unknown_relation_lists_the_valid_ones(tmp_path):
+    from semhooks.relations import list_relations
+
+    config = small_config("relation-concepts", model="tiny-llama", relations=["substance_phaze"])
+    with pytest.raises(ConfigError) as info:
+        run_recipe("relation-concepts", config, tmp_path / "rc")
+    message = str(info.value)
+    assert "Did you mean substance_phase?" in message and "\n" not in message
+    assert all(name in message for name in list_relations())
+    assert not (tmp_path / "rc").exists()
+
+
+def test_lexical_layers_reports_the_layer_chosen_on_the_fit_split(tmp_path):
+    import numpy as np
+
+    config = small_config("lexical-layers", encoder=None)
+    doc = run_recipe("lexical-layers", config, tmp_path / "wic")
+    summary, result = doc["metrics"]["summary"], doc["metrics"]["results"]["decoder"]
+    for variant in config.variants:
+        i = int(np.argmax(result["fit_accuracy"][variant]))
+        assert summary[f"decoder_{variant}_layer"] == result["layers"][i]
+        assert summary[f"decoder_{variant}_accuracy"] == pytest.approx(
+            result["accuracy"][variant][i]
+        )
+        assert summary[f"decoder_{variant}_accuracy_n"] == 40
+    report = (tmp_path / "wic" / "report.md").read_text()
+    assert "chosen on the fit split" in report and "(optimistic" in report
+
+
+def test_pooling_selection_uses_cross_validation_not_the_evaluation_set():
+    from semhooks.probing import PoolingResult
+
+    rows = [
+        {"eval_set": "dev", "layer": 0, "pooling": "mean", "accuracy": 0.9, "n": 50,
+         "cv_accuracy": 0.6, "ci_low": 0.8, "ci_high": 0.95},
+        {"eval_set": "dev", "layer": 1, "pooling": "mean", "accuracy": 0.7, "n": 50,
+         "cv_accuracy": 0.8, "ci_low": 0.6, "ci_high": 0.8},
+    ]  # fmt: skip
+    res = PoolingResult("m", False, [0, 1], ["mean"], "train", ["dev"], rows)
+    assert res.best("dev")["layer"] == 0  # the evaluation peak (optimistic)
+    assert res.selected("dev")["layer"] == 1
+    old = PoolingResult("m", False, [0, 1], ["mean"], "train", ["dev"],
+                        [{k: v for k, v in r.items() if k != "cv_accuracy"} for r in rows])  # fmt: skip
+    assert old.selected("dev") is None
+
+
+def test_concept_steering_report_states_the_intervention_scale(tmp_path):
+    from recipes.concept_steering import ConceptSteeringConfig
+    from recipes.quickstart import QuickstartConfig, _steps
+
+    assert len(ConceptSteeringConfig().alphas) > 3
+    steering = next(c for step, _, c in _steps(QuickstartConfig()) if step == "steering")
+    assert len(steering.alphas) > 3
+    doc = run_recipe("concept-steering", small_config("concept-steering"), tmp_path / "cs")
+    summary = doc["metrics"]["summary"]
+    assert summary["layer"] == 1 and summary["generate_alpha"] == 3.0
+    report = (tmp_path / "cs" / "report.md").read_text()
+    assert (
+        "| prompt | no steering | alpha = +3 (+ direction) | alpha = -3 (- direction) |" in report
+    )
+    assert f"||v|| = {summary['direction_norm']:.4g}" in report
+    assert "h <- h + alpha v at `blocks.1.hook_resid_post`" in report
+    assert "of the residual norm" in report
+    assert "Steering at layer 1 (resid_post, all positions)" in report  # the figure caption
+
+
+def test_quickstart_title_promises_no_duration():
+    recipe = get_recipe("quickstart")
+    assert "minute" not in recipe.description
+    import recipes.quickstart as quickstart
+
+    assert "minute" not in (quickstart.__doc__ or "")
+
+
+def test_relation_table_gives_an_interval_beside_every_proportion():
+    from semhooks.relations import table_markdown
+    from semhooks.relations.evaluation import RelationEvaluation
+
+    rows = [{"method": "LRC", "accuracy": 0.7, "n_test": 10, "causality": 0.5, "control": 0.1}]
+    ev = RelationEvaluation("r", "factual", rows, 20, 20, 10, 10, 3, faithfulness=0.6)
+    line = table_markdown([ev], ci=True).splitlines()[2]
+    assert line == (
+        "| r | factual | 10 | 3 | 0.60 [0.31, 0.83] | 0.70 [0.40, 0.89] | 0.50 [0.24, 0.76] | "
+        "0.10 [0.02, 0.40] |"
+    )
+
+
+# ---------------------------------------------------------------------- CLI details
+def test_cli_bad_model_name_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "bad"
+    assert cli_main(["run", "concept-steering", "--model", "no-such-org/no-such-model",
+                     "--out", str(out)]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    line = [ln for ln in err.splitlines() if ln.startswith("semhooks:")]
+    assert len(line) == 1 and "no-such-org/no-such-model" in line[0], err
+    assert "Traceback" not in err and not out.exists()
+    assert cli_main(["summary", "--model", "no-such-org/no-such-model"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("semhooks:") == 1
+
+
+def test_cli_show_json_into_a_closed_pipe_ends_quietly(tmp_path):
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    run.mkdir()
+    big = {f"metric_{i}": float(i) for i in range(20_000)}  # well beyond a pipe buffer
+    doc = {"recipe": "x", "config": {"model": "m"}, "seconds": 1.0, "metrics": {"summary": big}}
+    (run / "metrics.json").write_text(json.dumps(doc))
+    cmd = f"'{sys.executable}' -m semhooks.cli show '{run}' --json | head -n 2"
+    proc = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=300)
+    assert proc.stdout.splitlines()[0] == "{"
+    assert "Traceback" not in proc.stderr and "BrokenPipeError" not in proc.stderr, proc.stderr
+
+
+def test_cli_summary_is_documented(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli_main(["--help"])
+    assert info.value.code == 0
+    assert "per-layer summary of a model's states" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        cli_main(["summary", "--help"])
+    text = capsys.readouterr().out
+    for words in ("mean norm", "cosine", "logit-lens", "--model", "tiny-llama"):
+        assert words in text, words

@@ -146,6 +146,7 @@ def test_unknown_relation_lists_close_matches():
     message = str(err)
     assert message.startswith("unknown relation 'country_capital'.")  # not repr-quoted
     assert "'country_capital_city'" in message and "list_relations()" in message
+    assert all(name in message for name in list_relations())  # every valid name, listed
     with pytest.raises(KeyError, match="unknown relation 'zzz'"):
         load("zzz")
 

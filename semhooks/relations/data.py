@@ -335,9 +335,9 @@ def load(
             suggestions = list(dict.fromkeys(_aliases()[c] for c in close))
             hint = f" Did you mean {', '.join(map(repr, suggestions))}?" if suggestions else ""
             raise UnknownRelationError(
-                f"unknown relation {name_or_path!r}.{hint} See "
-                "semhooks.relations.list_relations() for the 47 bundled names, or pass a path "
-                "to a relation .json file."
+                f"unknown relation {name_or_path!r}.{hint} The {len(index)} bundled relations "
+                f"(semhooks.relations.list_relations()): {', '.join(sorted(index))}; or pass a "
+                "path to a relation .json file."
             )
     path = Path(name_or_path)
     if not path.is_file():

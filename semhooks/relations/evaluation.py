@@ -613,11 +613,20 @@ def _fmt(x: Any) -> str:
     return f"{x:.2f}" if isinstance(x, float) else str(x)
 
 
-def table_markdown(results: Sequence[RelationEvaluation], *, by_category: bool = True) -> str:
+def table_markdown(
+    results: Sequence[RelationEvaluation], *, by_category: bool = True, ci: bool = False
+) -> str:
     """Markdown tables: one row per relation (accuracy / causality per method, n_test), then
-    per category (unweighted mean over its relations) and overall."""
+    per category (unweighted mean over its relations) and overall.
+
+    ``ci=True`` writes the 95% Wilson interval over the ``n_test`` prompts beside every
+    proportion of the per-relation rows (faithfulness, accuracy, causal, control); the
+    category rows are unweighted means over relations and carry none.
+    """
     if not results:
         return "(no relations evaluated)"
+    from semhooks.probing import wilson_interval
+
     methods = [r["method"] for r in results[0].rows]
     has_causal = "causality" in results[0].rows[0]
     head = ["relation", "category", "n_test", "n_obj", "LRE faith."]
@@ -636,8 +645,16 @@ def table_markdown(results: Sequence[RelationEvaluation], *, by_category: bool =
             row.append(r.row("LRC").get("control"))
         return row
 
+    def with_ci(value: Any, n: int) -> str:
+        if not ci or not isinstance(value, float) or not np.isfinite(value) or n < 1:
+            return _fmt(value)
+        low, high = wilson_interval(min(n, max(0, round(value * n))), n)
+        return f"{value:.2f} [{low:.2f}, {high:.2f}]"
+
     for r in results:
-        lines.append("| " + " | ".join(_fmt(c) for c in cells(r)) + " |")
+        row = cells(r)
+        text = [_fmt(c) for c in row[:4]] + [with_ci(c, r.n_test) for c in row[4:]]
+        lines.append("| " + " | ".join(text) + " |")
     if by_category:
         groups: dict[str, list[RelationEvaluation]] = {}
         for r in results:
