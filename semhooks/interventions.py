@@ -93,6 +93,9 @@ class BatchInfo:
 
     attention_mask: Tensor | None = None
     prompt_length: int | None = None
+    # True when the forward said where its padding is (a mask was passed, maybe all ones);
+    # False when nobody did, so "last" cannot tell a padded column from a real one.
+    mask_known: bool = False
 
 
 _BATCH: ContextVar[BatchInfo] = ContextVar("semhooks_batch", default=BatchInfo())  # noqa: B039
@@ -117,6 +120,7 @@ def batch_context(
     info = BatchInfo(
         attention_mask if attention_mask is not None else old.attention_mask,
         prompt_length if prompt_length is not None else old.prompt_length,
+        attention_mask is not None or old.mask_known,
     )
     token = _BATCH.set(info)
     try:
@@ -141,10 +145,13 @@ def _install_mask_capture(model: Any) -> bool:
 
     def pre(module: Any, args: Any, kwargs: dict[str, Any]) -> None:
         mask = kwargs.get("attention_mask")
-        if isinstance(mask, Tensor) and bool(mask.all()):
+        known = isinstance(mask, Tensor)
+        if known and bool(mask.all()):
             mask = None  # unpadded: hooks take the fast path (one check per forward, not per hook)
         old = _BATCH.get()
-        tokens.append(_BATCH.set(BatchInfo(mask, old.prompt_length)))
+        if not known:  # an outer batch_context may know this batch's mask
+            mask, known = old.attention_mask, old.mask_known
+        tokens.append(_BATCH.set(BatchInfo(mask, old.prompt_length, known)))
 
     def post(module: Any, args: Any, kwargs: dict[str, Any], output: Any) -> None:
         if tokens:
@@ -251,6 +258,16 @@ class Intervention:
     the first generated token) and ``n_edited`` the vectors edited (row x position, summed
     over calls and layers); :meth:`reset` zeroes both. Hooks never synchronise with the
     device: ``n_edited`` is summed lazily and read when you ask for it.
+
+    Positions and padding: ``positions="last"`` means each row's last *real* token, which
+    needs the attention mask. Inside :func:`intervene` the mask passed to the forward is
+    read; a bare ``model.run_with_hooks`` on a batch of several rows passes none (and
+    TransformerLens pads on the right), so there ``"last"`` raises
+    :class:`InterventionError` instead of editing a padding column, unless the call is
+    wrapped in :func:`batch_context` (``attention_mask=...``). ``"all"`` edits every column
+    (padding included; harmless to real tokens of a causal model). Called at a hook point
+    outside its declared ``layers`` (``blocks.20`` for ``layers=[3]``), an intervention
+    raises rather than act silently.
     """
 
     _: KW_ONLY
@@ -385,6 +402,23 @@ class Intervention:
             )
         return vv[:, None, :] if rows is None else vv[rows]
 
+    def _check_hook_layer(self, hook: Any) -> None:
+        """Refuse a hook point outside the declared layers (``Steer(layers=[3])`` attached
+        by hand to ``blocks.20``); negative layers need the model, so they are not checked."""
+        layer = _layer_of(hook)
+        declared = self.layers
+        if layer is None or declared is None or declared == "all" or self.site == "embed":
+            return
+        items = [declared] if isinstance(declared, int) else list(declared)  # type: ignore[arg-type]
+        if any(not isinstance(x, int) or x < 0 for x in items):
+            return
+        if layer not in items:
+            raise InterventionError(
+                f"{type(self).__name__}(layers={items}) was called at {hook.name!r} (layer "
+                f"{layer}); attach it with model.hooks(fwd_hooks=intervention.fwd_hooks(model)) "
+                "or semhooks.intervene, or declare that layer"
+            )
+
     def _prepare(self, act: Tensor, hook: Any) -> None:
         """Per-call set-up before positions are resolved (Patch looks up its source here)."""
 
@@ -414,6 +448,7 @@ class Intervention:
                     f"{type(self).__name__}.{name} has size {v.shape[-1]} but the activation at "
                     f"{getattr(hook, 'name', '?')} has d_model={act.shape[-1]}"
                 )
+        self._check_hook_layer(hook)
         self._batch_size = act.shape[0]
         self._prepare(act, hook)
         sel = self._select(act)
@@ -494,6 +529,16 @@ def _selection(spec: PositionSpec, act: Tensor, info: BatchInfo) -> _Selection:
         if spec == "last":
             rows = torch.arange(b, device=dev)
             if mask is None:
+                if b > 1 and not info.mask_known:
+                    raise InterventionError(
+                        f"positions='last' on a batch of {b} rows whose attention mask this "
+                        "hook cannot see: the last column is padding for the shorter rows "
+                        "under TransformerLens' default right padding. Pass the mask to the "
+                        "forward (model(tokens, attention_mask=mask) inside semhooks.intervene), "
+                        "or wrap a bare run_with_hooks in "
+                        "semhooks.interventions.batch_context(attention_mask=mask), or run "
+                        "one row at a time"
+                    )
                 return _Selection("idx", rows=rows, cols=torch.full_like(rows, t - 1))
             return _Selection("idx", rows=rows, cols=(t - 1) - mask.flip(1).int().argmax(1))
         p = info.prompt_length

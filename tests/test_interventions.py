@@ -274,7 +274,12 @@ def test_positions_resolution():
     info = BatchInfo(mask, prompt_length=3)
     last = resolve_positions("last", act, info)
     assert last.nonzero().tolist() == [[0, 2], [1, 4]]
-    assert resolve_positions("last", act).nonzero().tolist() == [[0, 4], [1, 4]]
+    # Nobody said where the padding is: "last" refuses rather than edit a padded column.
+    with pytest.raises(InterventionError, match="attention mask this hook cannot see"):
+        resolve_positions("last", act)
+    unpadded = BatchInfo(None, mask_known=True)
+    assert resolve_positions("last", act, unpadded).nonzero().tolist() == [[0, 4], [1, 4]]
+    assert resolve_positions("last", act[:1]).nonzero().tolist() == [[0, 4]]
     assert resolve_positions("all", act) is None
     assert resolve_positions("all", act, BatchInfo(torch.ones(2, 5))).all()
     assert resolve_positions("generated_only", act, BatchInfo(None, 5)).sum() == 0
@@ -305,6 +310,38 @@ def test_batch_context_gives_mask_to_bare_run_with_hooks(llama):
     with intervene(llama, Steer(v, 1.0, layers=0, positions="last")):
         expected = a.forward(batch)
     torch.testing.assert_close(got, expected)
+
+
+def test_last_position_in_a_bare_padded_run_refuses_or_reads_the_mask(llama):
+    """TransformerLens pads on the right and passes no mask: a bare run_with_hooks with
+    positions="last" used to steer the padding column of the shorter rows."""
+    a = adapt(llama)
+    batch = a.tokenize(TEXTS, padding_side="right")
+    assert not bool(batch.attention_mask.all())
+    v = _direction(llama)
+    name = a.hook_name("resid_post", 0)
+    with pytest.raises(InterventionError, match="last column is padding"):
+        with torch.inference_mode():
+            llama.run_with_hooks(
+                batch.input_ids, fwd_hooks=[(name, Steer(v, 1.0, positions="last"))]
+            )
+    # Inside intervene, the mask passed to the forward is read: each row's real last token.
+    with intervene(llama, Steer(v, 1.0, layers=0, positions="last")):
+        steered = a.forward(batch)
+    base = a.forward(batch)
+    last = batch.attention_mask.sum(1) - 1
+    for r in range(len(TEXTS)):
+        changed = ((steered[r] - base[r]).abs().amax(-1) > 1e-6) & batch.attention_mask[r].bool()
+        assert changed.nonzero().flatten().tolist() == [int(last[r])]  # real tokens only
+
+
+def test_an_intervention_refuses_a_hook_outside_its_layers(llama):
+    a = adapt(llama)
+    steer = Steer(_direction(llama), 1.0, layers=[0])
+    batch = a.tokenize(TEXTS[:1])
+    with pytest.raises(InterventionError, match="layers=\\[0\\]. was called at"):
+        with torch.inference_mode():
+            llama.run_with_hooks(batch.input_ids, fwd_hooks=[(a.hook_name("resid_post", 1), steer)])
 
 
 # ---------------------------------------------------------------------- casting, errors
