@@ -36,8 +36,7 @@ You loaded a model by hand and use TransformerLens hooks. semhooks hooks are pla
 requires that the model came from `semhooks.load_model`.
 """),
     code("""
-import importlib.util, warnings
-warnings.filterwarnings("ignore")
+import importlib.util
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformer_lens.model_bridge import TransformerBridge
@@ -64,14 +63,14 @@ print(states.states.shape, states.layers[:3], "...")
     code("""
 paris, rome = sh.adapt(model).to_token_ids([" Paris", " Rome"])
 v = states.layer(20)[1] - states.layer(20)[0]       # Italy minus France at layer 20
-swap = sh.Steer(v, alpha=1.0, positions="last")    # a plain fn(activation, hook)
+steer = sh.Steer(v, alpha=1.0, positions="last")   # a plain fn(activation, hook)
 clean = model(batch.input_ids, attention_mask=batch.attention_mask)
 steered = model.run_with_hooks(batch.input_ids, attention_mask=batch.attention_mask,
-                               fwd_hooks=[("blocks.20.hook_resid_post", swap)])
+                               fwd_hooks=[("blocks.20.hook_resid_post", steer)])
 for name, out in [("clean", clean), ("steered", steered)]:
     p = out[0, -1].softmax(-1)
     print(f"{name:8s} P(Paris)={p[paris[0]]:.3f}  P(Rome)={p[rome[0]]:.3f}")
-print("hook fired", swap.n_fired, "time(s)")
+print("hook fired", steer.n_fired, "time(s)")
 """),
 )
 
@@ -85,7 +84,6 @@ explicit positions), pools them mask-aware inside the hook, and stops the forwar
 the deepest requested layer.
 """),
     code("""
-import warnings; warnings.filterwarnings("ignore")
 import torch, semhooks as sh
 model = sh.load_model("smollm2-135m")
 texts = ["The bank of the river was muddy.", "She deposited money at the bank.",
@@ -108,7 +106,9 @@ plt.xlabel("layer"); plt.ylabel("cosine"); plt.legend(); plt.show()
 tokens = sh.extract_states(model, texts, layers=[6, 12, 18], tokens="all", pool=None, progress=False)
 for how in ["mean", "max", "last"]:
     print(how, tuple(tokens.repool(how).states.shape))
-path = states.save("/tmp/bank_states.safetensors")
+import tempfile, pathlib
+folder = pathlib.Path(tempfile.mkdtemp(prefix="semhooks-nb01-"))   # your own folder in real use
+path = states.save(folder / "bank_states.safetensors")
 back = sh.LayerStates.load(path)
 print(back.provenance["model"], back.provenance["backend"], back.provenance["hook_names"][:2])
 """),
@@ -123,7 +123,6 @@ A mean-difference direction from contrastive prompts, a steering curve against a
 direction of equal norm, and greedy generations under the intervention.
 """),
     code("""
-import warnings; warnings.filterwarnings("ignore")
 import numpy as np, semhooks as sh
 from semhooks.directions import MeanDifference
 from semhooks.interventions import Steer, Ablate
@@ -165,7 +164,6 @@ chosen on one split and accuracy on another. Small sizes here; `semhooks run lex
 runs the full study.
 """),
     code("""
-import warnings; warnings.filterwarnings("ignore")
 import semhooks as sh
 model = sh.load_model("smollm2-135m")
 res = sh.wic_study(model, variants=["repeat"], n_fit=60, n_eval=60, probe=False, progress=False)
@@ -189,14 +187,14 @@ Semantic basis `s_i = G^-1 u_i` from the unembedding, semantic logits over label
 vocabulary lens, and semantic calibration (Gu et al. 2024).
 """),
     code("""
-import warnings; warnings.filterwarnings("ignore")
 import torch, semhooks as sh
 from semhooks import vocab
 model = sh.load_model("smollm2-135m")
 ids, toks = vocab.label_token_ids(model, ["positive", "negative"])
 basis = vocab.semantic_basis(model, ids)
 ref = vocab.semantic_basis(model, ids, method="pinv", cache=False)
-print(toks, "max |gram - pinv| =", float((basis.vectors - ref.vectors).abs().max()))
+gap = float((basis.vectors - ref.vectors).abs().max())
+print(f"label tokens {toks}: basis {tuple(basis.vectors.shape)}, max |Gram solve - pinv| = {gap:.1e}")
 """),
     code("""
 lens = vocab.vocab_lens(model, ["The capital of France is"], layers=[10, 20, 25, 29])
@@ -207,7 +205,7 @@ from semhooks.calibration import calibration_study
 train = sh.load_sst2("train_sample").subsample(120, 0)
 test = sh.load_sst2("dev").subsample(60, 0)
 res = calibration_study(model, train, test, ["negative", "positive"], k_shot=2, icl_limit=20, progress=False)
-print(res.table() if hasattr(res, "table") else res)
+print(res.table())
 """),
 )
 
@@ -220,7 +218,6 @@ Validated 3-shot prompts, an LRC fit with randomized low-rank Jacobians, classif
 held-out subjects, and a concept swap.
 """),
     code("""
-import warnings; warnings.filterwarnings("ignore")
 import semhooks as sh
 from semhooks.relations import build_prompts, validate, split, LRC
 model = sh.load_model("smollm2-135m")
@@ -230,12 +227,14 @@ print(report.summary())
 train, test = split(report.kept, 0.5, seed=0)
 lrc = LRC(subject_layer=15, object_layer=29, rank=50, method="randomized", n_lre_prompts=10, progress=False)
 lrc.fit(model, train)
-print("held-out accuracy:", lrc.score(model, test))
+print(f"held-out accuracy: {lrc.score(model, test):.2f} on {len(test)} test prompts")
 """),
     code("""
 from semhooks.relations import causal_swap
-swap = causal_swap(lrc, model, test[:6], alpha=0.05)
-print(swap)
+result = causal_swap(lrc, model, test[:6], alpha=0.05)
+print(f"swap moved the answer on {result.score:.0%} of {result.n} prompts "
+      f"(random-direction control {result.control_score:.0%}, no swap "
+      f"{result.baseline_score:.0%}; alpha = {result.alpha})")
 """),
 )
 
@@ -249,7 +248,6 @@ ceiling log2(#distinct inputs) beside every estimate. The Gaussian estimator kee
 MINE and InfoNCE are in `semhooks.mi`.
 """),
     code("""
-import warnings; warnings.filterwarnings("ignore")
 import semhooks as sh
 from semhooks.emergence import entity_lists, information_emergence
 model = sh.load_model("smollm2-135m")
