@@ -146,7 +146,7 @@ def _install_mask_capture(model: Any) -> bool:
     def pre(module: Any, args: Any, kwargs: dict[str, Any]) -> None:
         mask = kwargs.get("attention_mask")
         known = isinstance(mask, Tensor)
-        if known and bool(mask.all()):
+        if isinstance(mask, Tensor) and bool(mask.all()):
             mask = None  # unpadded: hooks take the fast path (one check per forward, not per hook)
         old = _BATCH.get()
         if not known:  # an outer batch_context may know this batch's mask
