@@ -15,6 +15,7 @@ import json
 import os
 import re
 import socket
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -247,13 +248,21 @@ class LayerStates:
         layers: Sequence[int] | str = "all",
         site: str = "resid_post",
         pool_weights: Any = None,
+        model: Any = None,
+        texts: Sequence[str] | None = None,
     ) -> LayerStates:
-        """The same ``LayerStates`` from an ``ActivationCache`` the user already has.
+        """The same ``LayerStates`` as :func:`extract_states`, from an ``ActivationCache``
+        the user already has.
 
-        Pass the ``Tokenized`` batch that produced the cache (``semhooks.adapt(model).tokenize``)
-        for span selection and to exclude special tokens; with only an ``attention_mask``,
-        ``"all"`` selects every attended token and ``"last"`` the last attended one.
+        To select tokens exactly as :func:`extract_states` does (``"all"`` = content tokens,
+        without BOS/CLS/SEP/padding; spans by character offsets), say which texts made the
+        cache: ``model=`` and ``texts=`` (the batch is re-tokenised the way TransformerLens
+        does, right padded, and must match the cache's shape), or the ``Tokenized`` batch
+        itself (``tokenized=semhooks.adapt(model).tokenize(texts)``). With only an
+        ``attention_mask`` (or nothing), every attended token counts as content, so
+        ``"all"`` includes BOS (and ``"last"`` a BERT's ``[SEP]``): that case warns.
         """
+        from semhooks.errors import SemhooksWarning
         from semhooks.model import SITES
 
         if site not in SITES:
@@ -270,6 +279,24 @@ class LayerStates:
             raise ValueError(f"the cache holds no {pattern} hooks; cached: {keys[:5]}...")
         first = cache[pattern.format(layer=layer_list[0])]
         b, t = first.shape[:2]
+        if tokenized is None and (model is not None or texts is not None):
+            if model is None or texts is None:
+                raise ValueError("from_cache needs both model= and texts= (or tokenized=)")
+            tokenized = adapt(model).tokenize(list(texts), padding_side="right")
+            if tuple(tokenized.input_ids.shape) != (b, t):
+                raise ValueError(
+                    f"the texts tokenise to {tuple(tokenized.input_ids.shape)} but the cache "
+                    f"holds [{b}, {t}] positions: were they run with another padding side or "
+                    "BOS setting? Pass tokenized= with the batch that made the cache"
+                )
+        elif tokenized is None and isinstance(tokens, str) and tokens == "all":
+            warnings.warn(
+                f"LayerStates.from_cache(tokens={tokens!r}) without texts: every attended "
+                "token counts as content, BOS and CLS/SEP included, unlike extract_states; pass "
+                "model= and texts= (or tokenized=) for the same selection",
+                SemhooksWarning,
+                stacklevel=2,
+            )
         if tokenized is None:
             mask = (
                 attention_mask if attention_mask is not None else torch.ones(b, t, dtype=torch.long)

@@ -53,6 +53,17 @@ def test_in_hook_pooling_equals_pooling_a_full_cache(arch, how, request):
             torch.testing.assert_close(got.states[li, i], expect, atol=1e-5, rtol=1e-5)
     from_cache = sh.LayerStates.from_cache(cache, tokens="all", pool=how, tokenized=batch)
     torch.testing.assert_close(from_cache.states, got.states, atol=1e-5, rtol=1e-5)
+    # The README's form: the texts and the model, re-tokenised as TransformerLens does.
+    again = sh.LayerStates.from_cache(cache, tokens="all", pool=how, model=model, texts=TEXTS)
+    torch.testing.assert_close(again.states, got.states, atol=1e-5, rtol=1e-5)
+    # With only the mask, "all" counts BOS/CLS as content; it says so instead of silently
+    # differing from extract_states.
+    from semhooks.errors import SemhooksWarning
+
+    with pytest.warns(SemhooksWarning, match="model= and texts="):
+        sh.LayerStates.from_cache(
+            cache, tokens="all", pool=how, attention_mask=batch.attention_mask
+        )
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "bert"])
