@@ -18,8 +18,14 @@ Write your own in ~20 lines (see README, "Custom recipes")::
     def layer_norms(config, ctx):
         '''Mean norm of the last-token state per layer.'''
         states = ctx.cached_states("last", lambda: sh.extract_states(ctx.model, list(config.texts)))
+        ctx.define("layer_<l>", "mean L2 norm of the last-token state at layer l", r"^layer_[0-9]+$")
         return {"summary": {f"layer_{l}": float(states.layer(l).norm(dim=-1).mean())
                             for l in states.layers}}
+
+The report (``report.md``) defines every metric a recipe registered with ``ctx.define`` and
+names the ones it did not; an accuracy added with ``recipes.core.add_proportion(summary, key,
+value, n)`` is shown with its n and 95% Wilson interval; every warning raised during the run
+is listed, and the measured run time is stated.
 """
 
 from recipes.core import (
