@@ -59,6 +59,7 @@ import contextlib
 import dataclasses
 import math
 import re
+import threading
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from contextvars import ContextVar
@@ -141,7 +142,14 @@ def _install_mask_capture(model: Any) -> bool:
     if entry is not None:
         entry[0] += 1
         return True
-    tokens: list[Any] = []
+    # One stack per thread: a model run from two threads must reset each thread's own
+    # context token (a shared list handed one thread's token to the other: ValueError).
+    local = threading.local()
+
+    def stack() -> list[Any]:
+        if not hasattr(local, "tokens"):
+            local.tokens = []
+        return local.tokens  # type: ignore[no-any-return]
 
     def pre(module: Any, args: Any, kwargs: dict[str, Any]) -> None:
         mask = kwargs.get("attention_mask")
@@ -151,15 +159,16 @@ def _install_mask_capture(model: Any) -> bool:
         old = _BATCH.get()
         if not known:  # an outer batch_context may know this batch's mask
             mask, known = old.attention_mask, old.mask_known
-        tokens.append(_BATCH.set(BatchInfo(mask, old.prompt_length, known)))
+        stack().append(_BATCH.set(BatchInfo(mask, old.prompt_length, known)))
 
     def post(module: Any, args: Any, kwargs: dict[str, Any], output: Any) -> None:
+        tokens = stack()
         if tokens:
             _BATCH.reset(tokens.pop())
 
     h1 = model.register_forward_pre_hook(pre, with_kwargs=True)
     h2 = model.register_forward_hook(post, with_kwargs=True, always_call=True)
-    _CAPTURES[model] = [1, h1, h2, tokens]
+    _CAPTURES[model] = [1, h1, h2]
     return True
 
 
@@ -245,6 +254,21 @@ def _data_to_tensor(x: Any) -> Any:
 
 
 # ---------------------------------------------------------------------- base class
+_COUNT_LOCK = threading.Lock()
+
+
+def _as_alpha(owner: str, alpha: Any) -> float:
+    """``alpha`` as a finite float, or an InterventionError naming the parameter and value
+    (NaN or inf would make every logit non-finite)."""
+    try:
+        value = float(alpha)
+    except (TypeError, ValueError):
+        value = math.nan
+    if isinstance(alpha, bool) or not math.isfinite(value):
+        raise InterventionError(f"{owner}: alpha must be a finite number, got alpha={alpha!r}")
+    return value
+
+
 _REGISTRY: dict[str, type[Intervention]] = {}
 
 
@@ -344,7 +368,7 @@ class Intervention:
 
     def with_alpha(self, alpha: float) -> Intervention:
         """A copy with a different strength (used by steering curves)."""
-        return dataclasses.replace(self, alpha=float(alpha))  # type: ignore[call-arg]
+        return dataclasses.replace(self, alpha=_as_alpha(type(self).__name__, alpha))  # type: ignore[call-arg]
 
     # ---------------------------------------------------------------- model wiring
     def _layer_list(self, model: Any) -> list[int]:
@@ -390,17 +414,21 @@ class Intervention:
         return cached[1]
 
     def _per_row(self, v: Tensor, like: Tensor, rows: Tensor | None) -> Tensor:
-        """Direction broadcastable against ``like`` (``[B, T, d]`` or gathered ``[n, d]``)."""
+        """Direction broadcastable against ``like`` (``[B, T, d]`` or gathered ``[n, d]``);
+        per-row directions were checked against the batch by :meth:`_check_rows`."""
         vv = self._vec(v, like)
         if vv.ndim == 1:
             return vv
-        batch = self._batch_size
-        if vv.shape[0] != batch:
-            raise InterventionError(
-                f"{type(self).__name__} has one direction per row ({vv.shape[0]} rows) but the "
-                f"batch has {batch} rows"
-            )
         return vv[:, None, :] if rows is None else vv[rows]
+
+    def _check_rows(self, batch: int) -> None:
+        for name in self._tensor_fields:
+            v = getattr(self, name)
+            if isinstance(v, Tensor) and v.ndim == 2 and v.shape[0] != batch:
+                raise InterventionError(
+                    f"{type(self).__name__} has one direction per row ({v.shape[0]} rows) but "
+                    f"the batch has {batch} rows"
+                )
 
     def _check_hook_layer(self, hook: Any) -> None:
         """Refuse a hook point outside the declared layers (``Steer(layers=[3])`` attached
@@ -419,14 +447,26 @@ class Intervention:
                 "or semhooks.intervene, or declare that layer"
             )
 
-    def _prepare(self, act: Tensor, hook: Any) -> None:
-        """Per-call set-up before positions are resolved (Patch looks up its source here)."""
+    def _prepare(self, act: Tensor, hook: Any) -> Any:
+        """Per-call state, made before positions are resolved (Patch: its source values).
 
-    def _select(self, act: Tensor) -> _Selection:
+        It is returned and handed to :meth:`_select` and :meth:`_edit`, never stored on
+        the instance: one intervention may act in several threads (and models) at once.
+        """
+        return None
+
+    def _select(self, act: Tensor, call: Any = None) -> _Selection:
         return _selection(self.positions, act, _BATCH.get())
 
-    def _edit(self, h: Tensor, rows: Tensor | None, cols: Tensor | None, hook: Any) -> Tensor:
+    def _edit(
+        self, h: Tensor, rows: Tensor | None, cols: Tensor | None, hook: Any, call: Any = None
+    ) -> Tensor:
         raise NotImplementedError
+
+    def _count(self, edited: Any) -> None:
+        with _COUNT_LOCK:  # += on shared counters is not atomic across threads
+            self._n_edited = self._n_edited + edited
+            self.n_fired += 1
 
     @property
     def n_edited(self) -> int:
@@ -449,28 +489,29 @@ class Intervention:
                     f"{getattr(hook, 'name', '?')} has d_model={act.shape[-1]}"
                 )
         self._check_hook_layer(hook)
-        self._batch_size = act.shape[0]
-        self._prepare(act, hook)
-        sel = self._select(act)
+        self._check_rows(act.shape[0])
+        call = self._prepare(act, hook)
+        sel = self._select(act, call)
         # No host-device synchronisation below: counts of masked edits stay tensors until read.
         if sel.kind == "none":
             return activation
+        edited: Any
         if sel.kind == "all":
-            out = self._edit(act, None, None, hook).to(act.dtype)
-            self._n_edited = self._n_edited + act.shape[0] * act.shape[1]
+            out = self._edit(act, None, None, hook, call).to(act.dtype)
+            edited = act.shape[0] * act.shape[1]
         elif sel.kind == "mask":
             assert sel.mask is not None
-            new = self._edit(act, None, None, hook).to(act.dtype)
+            new = self._edit(act, None, None, hook, call).to(act.dtype)
             out = torch.where(sel.mask[..., None], new, act)
-            self._n_edited = self._n_edited + sel.mask.sum()
+            edited = sel.mask.sum()
         else:
             rows, cols = sel.rows, sel.cols
             assert rows is not None and cols is not None
-            new = self._edit(act[rows, cols], rows, cols, hook)
+            new = self._edit(act[rows, cols], rows, cols, hook, call)
             out = act.clone()
             out[rows, cols] = new.to(act.dtype)
-            self._n_edited = self._n_edited + rows.numel()
-        self.n_fired += 1
+            edited = rows.numel()
+        self._count(edited)
         return out[0] if squeeze else out
 
 
@@ -614,10 +655,11 @@ class Steer(Intervention):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.direction = as_direction(self.direction)
-        if not math.isfinite(self.alpha):
-            raise InterventionError(f"alpha must be finite, got {self.alpha}")
+        self.alpha = _as_alpha(type(self).__name__, self.alpha)
 
-    def _edit(self, h: Tensor, rows: Tensor | None, cols: Tensor | None, hook: Any) -> Tensor:
+    def _edit(
+        self, h: Tensor, rows: Tensor | None, cols: Tensor | None, hook: Any, call: Any = None
+    ) -> Tensor:
         return h + self.alpha * self._per_row(self.direction, h, rows)
 
 
@@ -636,8 +678,11 @@ class Ablate(Intervention):
         super().__post_init__()
         self.direction = as_direction(self.direction)
         self._unit = _unit(self.direction)
+        self.alpha = _as_alpha(type(self).__name__, self.alpha)
 
-    def _edit(self, h: Tensor, rows: Tensor | None, cols: Tensor | None, hook: Any) -> Tensor:
+    def _edit(
+        self, h: Tensor, rows: Tensor | None, cols: Tensor | None, hook: Any, call: Any = None
+    ) -> Tensor:
         u = self._per_row(self._unit, h, rows)
         return h - self.alpha * (h * u).sum(-1, keepdim=True) * u
 
@@ -672,7 +717,9 @@ class Clamp(Intervention):
     def with_alpha(self, alpha: float) -> Intervention:
         return dataclasses.replace(self, value=float(alpha))
 
-    def _edit(self, h: Tensor, rows: Tensor | None, cols: Tensor | None, hook: Any) -> Tensor:
+    def _edit(
+        self, h: Tensor, rows: Tensor | None, cols: Tensor | None, hook: Any, call: Any = None
+    ) -> Tensor:
         u = self._per_row(self._unit, h, rows)
         value = self._vec(self._value, h)
         if value.ndim == 1:
@@ -709,8 +756,11 @@ class Swap(Intervention):
             )
         self._u_from = _unit(self.v_from)
         self._delta = _unit(self.v_to) - self._u_from
+        self.alpha = _as_alpha(type(self).__name__, self.alpha)
 
-    def _edit(self, h: Tensor, rows: Tensor | None, cols: Tensor | None, hook: Any) -> Tensor:
+    def _edit(
+        self, h: Tensor, rows: Tensor | None, cols: Tensor | None, hook: Any, call: Any = None
+    ) -> Tensor:
         delta = self._per_row(self._delta, h, rows)
         if self.scale == "norm":
             size = h.norm(dim=-1, keepdim=True)
@@ -741,6 +791,7 @@ class Patch(Intervention):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        self.alpha = _as_alpha(type(self).__name__, self.alpha)
         self._layer_states = type(self.source).__name__ == "LayerStates"
         if not (self._layer_states or isinstance(self.source, (Tensor, Mapping))) and not (
             hasattr(self.source, "keys") and hasattr(self.source, "__getitem__")
@@ -868,19 +919,21 @@ class Patch(Intervention):
             )
         return src, None
 
-    def _prepare(self, act: Tensor, hook: Any) -> None:
-        self._current = self._full_source(hook, act)
+    def _prepare(self, act: Tensor, hook: Any) -> tuple[Tensor, Tensor | None]:
+        return self._full_source(hook, act)
 
-    def _select(self, act: Tensor) -> _Selection:
-        sel = super()._select(act)
-        defined = self._current[1]
+    def _select(self, act: Tensor, call: Any = None) -> _Selection:
+        sel = super()._select(act, call)
+        defined = call[1]
         if defined is None or sel.kind == "none":
             return sel
         where = sel.as_mask(act.shape[0], act.shape[1], act.device)
         return _Selection("mask", defined if where is None else where & defined)
 
-    def _edit(self, h: Tensor, rows: Tensor | None, cols: Tensor | None, hook: Any) -> Tensor:
-        full, _ = self._current
+    def _edit(
+        self, h: Tensor, rows: Tensor | None, cols: Tensor | None, hook: Any, call: Any = None
+    ) -> Tensor:
+        full, _ = call
         s = full if rows is None else full[rows, cols]
         if self.alpha == 1.0:
             return s.clone()
@@ -921,9 +974,8 @@ class Placebo(Intervention):
         return Placebo(self.inner.with_alpha(alpha), seed=self.seed)
 
     def __call__(self, activation: Tensor, hook: Any = None) -> Tensor:
-        before = self.inner.n_fired
         out = self.inner(activation, hook)
-        if self.inner.n_fired == before:
+        if out is activation:  # the inner intervention selected nothing in this call
             return activation
         d = activation.shape[-1]
         if d not in self._r:
@@ -932,8 +984,7 @@ class Placebo(Intervention):
         r = self._vec(self._r[d], activation)
         size = (out - activation).float().norm(dim=-1, keepdim=True).to(activation.dtype)
         changed = size > 0
-        self.n_fired += 1
-        self._n_edited = self._n_edited + changed.sum()
+        self._count(changed.sum())
         return torch.where(changed, activation + size * r, activation)
 
 

@@ -21,6 +21,8 @@ import json
 import os
 import shutil
 import tempfile
+import threading
+import unicodedata
 import warnings
 import weakref
 from collections.abc import Callable, Iterator, Sequence
@@ -61,6 +63,72 @@ class HookedModel(Protocol):
 
 class StopForward(Exception):
     """Raised from a hook to end a forward pass once every requested layer has been read."""
+
+
+class ConcurrentUseError(RuntimeError):
+    """A model was run from a second thread while another thread had semhooks hooks on it.
+
+    Hooks are global state on a model: they would act on the other thread's forwards too.
+    Give each thread its own model (e.g. ``copy.deepcopy(model)``).
+    """
+
+
+# model -> [owning thread id, nesting depth, forward pre-hook handle]
+_HOOK_OWNERS: weakref.WeakKeyDictionary[Any, list[Any]] = weakref.WeakKeyDictionary()
+_HOOK_OWNERS_LOCK = threading.Lock()
+
+
+def _concurrent(name: str, owner: int) -> ConcurrentUseError:
+    return ConcurrentUseError(
+        f"{name} has semhooks hooks attached by thread {owner}, and thread "
+        f"{threading.get_ident()} tried to use it at the same time; hooks are global state on "
+        "a model, so each would act on the other's forwards. Give each thread its own model "
+        "(copy.deepcopy(model)) or run them one after the other."
+    )
+
+
+@contextlib.contextmanager
+def _single_thread(model: Any, name: str) -> Iterator[None]:
+    """Reserve ``model`` for this thread while semhooks hooks are on it (nesting allowed).
+
+    Another thread entering the block, or running a forward of the model meanwhile, gets a
+    :class:`ConcurrentUseError` instead of silently running this thread's hooks.
+    """
+    me = threading.get_ident()
+    with _HOOK_OWNERS_LOCK:
+        try:
+            entry = _HOOK_OWNERS.get(model)
+        except TypeError:  # not weak-referenceable: nothing to guard with
+            entry = [me, 0, None]
+        if entry is not None and entry[0] != me:
+            raise _concurrent(name, entry[0])
+        if entry is None:
+            handle = None
+            if isinstance(model, torch.nn.Module):
+
+                def pre(module: Any, args: Any) -> None:
+                    if threading.get_ident() != me:
+                        raise _concurrent(name, me)
+
+                handle = model.register_forward_pre_hook(pre)
+            entry = [me, 0, handle]
+            _HOOK_OWNERS[model] = entry
+        entry[1] += 1
+    try:
+        yield
+    finally:
+        with _HOOK_OWNERS_LOCK:
+            entry[1] -= 1
+            if entry[1] == 0:
+                if _HOOK_OWNERS.get(model) is entry:
+                    del _HOOK_OWNERS[model]
+                if entry[2] is not None:
+                    entry[2].remove()
+
+
+def _visible(char: str) -> bool:
+    """Not whitespace, a control character or a zero-width/format character (U+200B...)."""
+    return not char.isspace() and unicodedata.category(char) not in ("Cc", "Cf")
 
 
 @dataclass
@@ -241,8 +309,13 @@ class ModelAdapter:
 
     @contextlib.contextmanager
     def hooks(self, fwd_hooks: list[tuple[str, HookFn]]) -> Iterator[None]:
-        """Attach hooks for the duration of the block; always removed, even on errors."""
-        with self.model.hooks(fwd_hooks=fwd_hooks):
+        """Attach hooks for the duration of the block; always removed, even on errors.
+
+        Hooks are global state on the model, so the model is reserved for this thread
+        meanwhile: another thread attaching hooks or running a forward of it raises
+        :class:`ConcurrentUseError` (give each thread its own model).
+        """
+        with _single_thread(self.model, self.name), self.model.hooks(fwd_hooks=fwd_hooks):
             yield
 
     def require_eval(self) -> None:
@@ -265,7 +338,9 @@ class ModelAdapter:
         """Tokenise with character offsets, the model's BOS convention and an attention mask.
 
         Texts longer than the context window raise unless ``truncate=True``, in which case they
-        are cut on the right and ``Tokenized.truncated`` flags them.
+        are cut on the right and ``Tokenized.truncated`` flags them; closing special tokens
+        (BERT's ``[SEP]``, an appended EOS) are kept at the end of the cut text. Empty texts
+        and texts of only whitespace, control or zero-width characters are refused.
         """
         if isinstance(texts, str):
             texts = [texts]
@@ -277,6 +352,11 @@ class ModelAdapter:
                 raise TypeError(f"text {i} is a {type(t).__name__}, expected str")
             if not t.strip():
                 raise ValueError(f"text {i} is empty or whitespace only: {t!r}")
+            if not any(_visible(c) for c in t):
+                raise ValueError(
+                    f"text {i} holds only control or zero-width characters: {t!r}; it has no "
+                    "content for the model to read"
+                )
         side = padding_side or "right"
         if side not in ("left", "right"):
             raise ValueError(f"padding_side must be 'left' or 'right', got {side!r}")
@@ -306,7 +386,17 @@ class ModelAdapter:
                         f"text {i} has {len(ids)} tokens, more than the context window of {limit} "
                         f"for {self.name}: {text[:60]!r}...; pass truncate=True to cut it"
                     )
-                ids, offs, spec = ids[:limit], offs[:limit], spec[:limit]
+                tail = 0  # closing special tokens ([SEP], EOS) stay at the end
+                while tail < len(spec) and spec[len(spec) - 1 - tail]:
+                    tail += 1
+                tail = tail if tail < limit else 0
+                cut = slice(len(ids) - tail, len(ids))
+                keep = limit - tail
+                ids, offs, spec = (
+                    ids[:keep] + ids[cut],
+                    offs[:keep] + offs[cut],
+                    spec[:keep] + spec[cut],
+                )
                 truncated.append(True)
             else:
                 truncated.append(False)
