@@ -24,6 +24,7 @@ than (a), LRC accuracy within 2 points of (b) over at least 5 relations.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import os
 import platform
@@ -32,10 +33,13 @@ import warnings
 
 import numpy as np
 import torch
+from _flops import gemm_rate, suffix_macs
 
 from semhooks import load_model
+from semhooks.errors import FallbackWarning
 from semhooks.relations import load
 from semhooks.relations.jacobian import (
+    SubjectObjectMap,
     mean_jacobian,
     principal_angles,
     randomized_jacobian,
@@ -95,6 +99,18 @@ def timing(model, args) -> dict:
         print(f"  prompt {i + 1}/{n}: exact {t_b:.0f}s, naive {t_a:.0f}s so far", flush=True)
     out["exact_s"] = t_b
     W_b = total_b / n
+    preps = SubjectObjectMap(model, ls, lo).prepare(prompts)
+    d = model.cfg.d_model
+    k = min(args.rank + 10, d)
+    rate = gemm_rate(d, model.cfg.d_mlp)
+    out["gemm_gmacs_per_s"] = rate / 1e9
+    out["exact_gmacs"] = suffix_macs(model.cfg, preps, ls, lo, d) / 1e9
+    # randomized: a JVP (double backward: ~2 passes) per k+1 tangents, then k VJPs
+    out["randomized_gmacs"] = (
+        suffix_macs(model.cfg, preps, ls, lo, 2 * (k + 1))
+        + suffix_macs(model.cfg, preps, ls, lo, k)
+    ) / 1e9
+    out["prefix_cache"] = all(p.cache is not None for p in preps)
 
     t0 = time.perf_counter()
     low = randomized_jacobian(
@@ -228,12 +244,15 @@ def main() -> None:
     ap.add_argument("--accuracy-relations", nargs="*", default=DEFAULT_ACCURACY_RELATIONS)
     ap.add_argument("--json", default=None, help="write the results here")
     args = ap.parse_args()
-    warnings.filterwarnings("ignore")
+    # A declined fast path must stop the benchmark, not be timed silently.
+    warnings.simplefilter("error", FallbackWarning)
     torch.set_num_threads(args.threads)
     model = load_model("smollm2-135m")
+    v = importlib.metadata.version
     print(
-        f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
-        f"{args.threads} thread(s)"
+        f"torch {torch.__version__}, transformers {v('transformers')}, transformer-lens "
+        f"{v('transformer-lens')}, semhooks {v('semhooks')}; "
+        f"{platform.processor() or platform.machine()}, {args.threads} thread(s)"
     )
     res: dict = {}
     if not args.skip_timing:
@@ -260,6 +279,17 @@ def report_timing(t: dict) -> dict:
             if "naive_s" in t
             else ""
         )
+    )
+    floor_b = t["exact_gmacs"] / t["gemm_gmacs_per_s"]
+    floor_c = t["randomized_gmacs"] / t["gemm_gmacs_per_s"]
+    print(
+        f"    suffix passes on the KV prefix cache ({'used' if t['prefix_cache'] else 'NOT used'}): "
+        f"exact {t['exact_gmacs']:.0f} GMAC, randomized {t['randomized_gmacs']:.0f} GMAC; "
+        f"GEMM rate here {t['gemm_gmacs_per_s']:.1f} GMAC/s"
+    )
+    print(
+        f"    arithmetic floor: exact {floor_b:.1f} s (measured {t['exact_s'] / floor_b:.1f}x "
+        f"the floor), randomized {floor_c:.1f} s (measured {t['randomized_s'] / floor_c:.1f}x)"
     )
     print(f"    machine load average {t['loadavg_start']:.1f} -> {t['loadavg_end']:.1f}")
     print(
