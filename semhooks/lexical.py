@@ -619,9 +619,10 @@ class WiCResult:
 
         With a decoder and an encoder result, the decoder is drawn on the left. Shaded bands
         are 95% Wilson intervals over the ``n_eval`` evaluation pairs; large dots mark each
-        variant's peak over layers on the evaluation split; the dotted line is the
-        majority-class rate of the evaluation split. Both panels share one y-range, which
-        always includes chance (0.5) and 1.0.
+        variant's :attr:`selected_layer` (chosen on the fit split) for the threshold readout,
+        and the peak over layers on the evaluation split for the probe (which has no fit-split
+        score per layer); the dotted line is the majority-class rate of the evaluation split.
+        Both panels share one y-range, which always includes chance (0.5) and 1.0.
         """
         results = [self] if other is None else sorted([self, other], key=lambda r: r.is_encoder)
         fig, axes = new_figure(len(results))
@@ -650,7 +651,15 @@ class WiCResult:
                 chance_label="majority class",
                 bands=bands,
                 band_label="95% CI",
+                mark_best=readout == "probe",
             )
+            if readout == "threshold":
+                for k, (line, v) in enumerate(zip(ax.get_lines(), res.variants, strict=False)):
+                    i = res.layers.index(res.selected_layer[v])
+                    ax.plot([res.layers[i]], [series[v][i]], marker="o", markersize=8,
+                            color=line.get_color(), markeredgecolor="black", linestyle="none",
+                            label="layer chosen on fit split" if k == 0 else "_nolegend_")  # fmt: skip
+                ax.legend(fontsize="small")
         # one shared range from at most 0.5 (chance) to 1.0, so the panels compare by eye
         bottom = max(0.0, np.floor(20 * (min(low_ends) - 0.02)) / 20)
         for ax in axes:

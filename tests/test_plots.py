@@ -88,8 +88,12 @@ def test_wic_plot_has_error_bands_and_one_untruncated_y_range():
         assert len(bands) == 2  # one 95% band per variant
         texts = legend_texts(ax)
         assert {"base", "repeat", "base 95% CI", "repeat 95% CI", "majority class"} <= set(texts)
+        assert "layer chosen on fit split" in texts
         assert ax.get_ylabel() == "accuracy (evaluation split)"
         assert "n=80 pairs" in ax.get_title()
+    # the big dots sit at the layer chosen on the fit split, not at the evaluation peak
+    dots = [line for line in axes[0].get_lines() if line.get_markersize() == 8]
+    assert [(d.get_xdata()[0], d.get_ydata()[0]) for d in dots] == [(0, 0.55), (0, 0.58)]
     # a Wilson band around 0.5 of 80 pairs is about +-0.11 wide
     path = [c for c in axes[1].collections if isinstance(c, PolyCollection)][0].get_paths()[0]
     ys = path.vertices[:, 1]
