@@ -63,10 +63,15 @@ print(states.states.shape, states.layers[:3], "...")
     code("""
 paris, rome = sh.adapt(model).to_token_ids([" Paris", " Rome"])
 v = states.layer(20)[1] - states.layer(20)[0]       # Italy minus France at layer 20
+from semhooks.interventions import batch_context
+
 steer = sh.Steer(v, alpha=1.0, positions="last")   # a plain fn(activation, hook)
 clean = model(batch.input_ids, attention_mask=batch.attention_mask)
-steered = model.run_with_hooks(batch.input_ids, attention_mask=batch.attention_mask,
-                               fwd_hooks=[("blocks.20.hook_resid_post", steer)])
+# a bare hook cannot see the padding mask; batch_context hands it over, so "last" is each
+# row's last real token (not a padding column of the shorter rows)
+with batch_context(attention_mask=batch.attention_mask):
+    steered = model.run_with_hooks(batch.input_ids, attention_mask=batch.attention_mask,
+                                   fwd_hooks=[("blocks.20.hook_resid_post", steer)])
 for name, out in [("clean", clean), ("steered", steered)]:
     p = out[0, -1].softmax(-1)
     print(f"{name:8s} P(Paris)={p[paris[0]]:.3f}  P(Rome)={p[rome[0]]:.3f}")
