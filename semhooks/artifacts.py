@@ -5,7 +5,12 @@ safetensors file whose header carries a JSON document under the key ``"semhooks"
 artifact kind, its format version, the provenance of the model that produced it and any
 hyper-parameters. Writes go to a temporary file in the same folder, are flushed to disk and
 then renamed over the target, so a crash half way through a save leaves the previous file
-intact.
+intact; a stale temporary file of a killed save is removed by the next save of that target.
+
+Loads fail closed: an artifact must carry two checksums, ``tensors_sha256`` (every tensor's
+name, dtype, shape and bytes) and ``metadata_sha256`` (the header document that says what
+the tensors mean: layers, site, pooling, token selection, provenance). A missing, null or
+wrong checksum is an :class:`ArtifactError` unless the caller passes ``verify=False``.
 """
 
 from __future__ import annotations
@@ -15,7 +20,9 @@ import datetime as _dt
 import hashlib
 import json
 import os
+import socket
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -42,12 +49,66 @@ def now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
+def _tmp_prefix(target: Path) -> str:
+    return f".{target.name}.{socket.gethostname()}-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def remove_stale_temporaries(target: Path, *, max_age_s: float = 3600.0) -> list[Path]:
+    """Delete temporary files left beside ``target`` by saves that were killed.
+
+    A temporary file is stale when the process that wrote it (its pid is in the name, with
+    the host) is gone, or, for a name without a pid, when it is older than ``max_age_s``.
+    Files of live writers and of other hosts are left alone. Returns what was removed.
+    """
+    removed = []
+    prefix, mine = f".{target.name}.", _tmp_prefix(target)
+    try:
+        candidates = [p for p in target.parent.iterdir() if p.name.startswith(prefix)]
+    except OSError:
+        return removed
+    for p in candidates:
+        if not p.name.endswith(".tmp"):
+            continue
+        rest = p.name[len(mine) :] if p.name.startswith(mine) else None
+        pid_text = rest.split(".", 1)[0] if rest is not None else ""
+        try:
+            if rest is not None and pid_text.isdigit():
+                stale = not _alive(int(pid_text))
+            elif rest is None and "-" not in p.name[len(prefix) :].split(".", 1)[0]:
+                stale = time.time() - p.stat().st_mtime > max_age_s  # an older semhooks' name
+            else:
+                stale = False  # another host's writer, or a name we do not know
+            if stale:
+                p.unlink()
+                removed.append(p)
+        except OSError:
+            continue
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only on success."""
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only on success.
+
+    The temporary name carries the host and pid, so the next save of the same target
+    removes what a killed writer left behind (:func:`remove_stale_temporaries`).
+    """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    remove_stale_temporaries(target)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f"{_tmp_prefix(target)}{os.getpid()}.", suffix=".tmp", dir=target.parent
+    )
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -99,7 +160,10 @@ def save_artifact(
         **metadata,
         "tensors_sha256": tensors_digest(cpu),
     }
-    blob = save(cpu, metadata={_META_KEY: json.dumps(header, default=_json_default)})
+    # the digest is taken over the document exactly as a load will read it back
+    header = json.loads(json.dumps(header, default=_json_default))
+    header["metadata_sha256"] = metadata_digest(header)
+    blob = save(cpu, metadata={_META_KEY: json.dumps(header)})
     atomic_write_bytes(path, blob)
     return Path(path)
 
@@ -114,6 +178,36 @@ def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
+def read_json(path: str | os.PathLike[str], kind: str | None = None) -> dict[str, Any]:
+    """A JSON document (a result saved with ``save``) as a dict; anything else, including a
+    safetensors file, invalid JSON, a list or a document of another ``kind``, is an
+    :class:`ArtifactError` naming the file and what is wrong."""
+    p = Path(path)
+    if not p.is_file():
+        raise ArtifactError(f"no file at {p}")
+    try:
+        doc = json.loads(p.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ArtifactError(
+            f"{p} is not a JSON file (binary content: a safetensors artifact? load it with "
+            "the class that saved it)"
+        ) from None
+    except json.JSONDecodeError as exc:
+        raise ArtifactError(f"{p} is not valid JSON ({exc})") from None
+    if not isinstance(doc, dict):
+        raise ArtifactError(f"{p} holds a JSON {type(doc).__name__}, not an object")
+    if kind is not None and doc.get("kind", kind) != kind:
+        raise ArtifactError(f"{p} holds a {doc.get('kind')!r}, expected a {kind!r}")
+    return doc
+
+
+def metadata_digest(meta: dict[str, Any]) -> str:
+    """sha256 of an artifact's header document (canonical JSON), without its own entry."""
+    doc = {k: v for k, v in meta.items() if k != "metadata_sha256"}
+    text = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The JSON document stored in a semhooks artifact, without loading its tensors."""
     p = Path(path)
@@ -125,9 +219,15 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
             if n <= 0 or n > p.stat().st_size - 8:
                 raise ArtifactError(f"{p} is truncated or not a safetensors file")
             header = json.loads(fh.read(n))
-        return json.loads(header["__metadata__"][_META_KEY])
-    except (KeyError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        meta = json.loads(header["__metadata__"][_META_KEY])
+    except (KeyError, TypeError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ArtifactError(f"{p} is not a semhooks artifact (unreadable header: {exc})") from exc
+    if not isinstance(meta, dict):
+        raise ArtifactError(
+            f"{p} is not a semhooks artifact: its metadata is a {type(meta).__name__}, "
+            "not a JSON object"
+        )
+    return meta
 
 
 def load_artifact(
@@ -141,8 +241,9 @@ def load_artifact(
     """Read an artifact written by :func:`save_artifact`, checking its kind and version.
 
     With ``model``, also refuse an artifact made on another model (see
-    :func:`check_compatible`). ``verify=False`` skips the tensor checksum, for callers that
-    have already checked the whole file (e.g. against a shard manifest).
+    :func:`check_compatible`). Both checksums (tensors and metadata) must be present and
+    match; ``verify=False`` skips them, for callers that have already checked the whole
+    file (e.g. against a shard manifest) or that knowingly read an unverifiable file.
     """
     meta = read_metadata(path)
     if meta.get("kind") != kind:
@@ -156,11 +257,24 @@ def load_artifact(
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise ArtifactError(f"{path} is corrupted: {exc}") from exc
-    stored = meta.get("tensors_sha256")
-    if verify and stored is not None and tensors_digest(tensors) != stored:
-        raise ArtifactError(
-            f"{path} is corrupted: its tensors do not match the checksum saved with them"
-        )
+    if verify:
+        for field in ("tensors_sha256", "metadata_sha256"):
+            if not isinstance(meta.get(field), str):
+                raise ArtifactError(
+                    f"{path} cannot be verified: its {field} is "
+                    f"{'missing' if field not in meta else repr(meta[field])} (removed, or "
+                    "saved by an older semhooks); re-create it, or pass verify=False to load "
+                    "it unchecked"
+                )
+        if tensors_digest(tensors) != meta["tensors_sha256"]:
+            raise ArtifactError(
+                f"{path} is corrupted: its tensors do not match the checksum saved with them"
+            )
+        if metadata_digest(meta) != meta["metadata_sha256"]:
+            raise ArtifactError(
+                f"{path} is corrupted: its metadata (header) do not match the checksum saved "
+                "with them"
+            )
     if model is not None:
         from semhooks.model import adapt
 

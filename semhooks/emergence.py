@@ -76,7 +76,7 @@ from matplotlib.figure import Figure
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from semhooks.artifacts import atomic_write_json
+from semhooks.artifacts import ArtifactError, atomic_write_json, read_json
 from semhooks.datasets import load_entities, load_sentiment
 from semhooks.mi import MINE, GaussianMI, InfoNCE
 from semhooks.model import ModelAdapter, StopForward, Tokenized, adapt
@@ -1347,7 +1347,11 @@ class EmergenceResult:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> EmergenceResult:
-        import json
-
-        with open(path, encoding="utf-8") as fh:
-            return cls.from_dict(json.load(fh))
+        """Read :meth:`save` output; a malformed file is an ``ArtifactError`` naming it."""
+        doc = read_json(path, "EmergenceResult")
+        try:
+            return cls.from_dict(doc)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ArtifactError(
+                f"{path} is not a valid EmergenceResult ({type(exc).__name__}: {exc})"
+            ) from None

@@ -151,12 +151,25 @@ def _check_pair(
     return xt, yt
 
 
+def _varying(a: Tensor) -> Tensor:
+    """Columns of ``a`` that vary by more than rounding of their values: ``[d]`` bool.
+
+    Scale-free: a feature measured in units of 1e-13 varies as much as one in units of 1
+    (an absolute threshold such as ``std > 1e-12`` called it constant). Only spread at
+    the level of floating-point rounding of the column's magnitude counts as constant.
+    """
+    std = a.std(dim=0)
+    size = a.abs().amax(dim=0)
+    eps = torch.finfo(a.dtype).eps
+    return std > 8 * eps * size
+
+
 def _standardize(a: Tensor, ref: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """z-score ``a`` with the mean and std of ``ref`` (default: ``a``); constant columns -> 0."""
     ref = a if ref is None else ref
     mean = ref.mean(dim=0)
     std = ref.std(dim=0)
-    scale = torch.where(std > 1e-12 * (1.0 + mean.abs()), std, torch.ones_like(std))
+    scale = torch.where(_varying(ref), std, torch.ones_like(std))
     return (a - mean) / scale, mean, scale
 
 
@@ -857,7 +870,7 @@ class GaussianMI(_Params):
         )
         n = xt.shape[0]
         self.n_features_in_ = (int(xt.shape[1]), int(yt.shape[1]))
-        keep_x, keep_y = xt.std(dim=0) > 0, yt.std(dim=0) > 0
+        keep_x, keep_y = _varying(xt), _varying(yt)
         self.n_constant_dropped_ = int((~keep_x).sum() + (~keep_y).sum())
         xt, yt = xt[:, keep_x], yt[:, keep_y]
         self.n_samples_ = n

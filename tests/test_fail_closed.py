@@ -7,6 +7,14 @@ files of a killed save.
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+
 import pytest
 import torch
 
@@ -53,3 +61,165 @@ def test_decoder_truncation_still_cuts_on_the_right(tiny_gpt2):
     assert (
         n == a.n_ctx and batch.input_ids[0, :n].tolist()[-5:] == full[: n - int(a.prepend_bos)][-5:]
     )
+
+
+# ---------------------------------------------------------------------- artifacts
+def _states():
+    g = torch.Generator().manual_seed(0)
+    return sh.LayerStates(
+        torch.randn(3, 4, 8, generator=g), [0, 1, 2], "resid_post", "mean", "last", {}
+    )
+
+
+def _edit_header(path, edit):
+    """Rewrite the semhooks JSON document in a safetensors header (the data is kept)."""
+    data = path.read_bytes()
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + n])
+    meta = json.loads(header["__metadata__"]["semhooks"])
+    header["__metadata__"]["semhooks"] = json.dumps(edit(meta))
+    blob = json.dumps(header).encode()
+    path.write_bytes(len(blob).to_bytes(8, "little") + blob + data[8 + n :])
+
+
+def _without(*keys):
+    return lambda meta: {k: v for k, v in meta.items() if k not in keys}
+
+
+def _flip_data_byte(path):
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        _without("tensors_sha256"),
+        lambda meta: {**meta, "tensors_sha256": None},
+        _without("tensors_sha256", "metadata_sha256"),
+    ],
+    ids=["removed", "null", "both-removed"],
+)
+def test_a_missing_checksum_fails_closed(tmp_path, edit):
+    """Before: removing or nulling tensors_sha256 disabled verification, so a flipped data
+    byte then loaded silently."""
+    path = tmp_path / "s.safetensors"
+    good = _states()
+    good.save(path)
+    _edit_header(path, edit)
+    _flip_data_byte(path)
+    with pytest.raises(sh.ArtifactError, match=r"s\.safetensors cannot be verified: its"):
+        sh.LayerStates.load(path)
+    changed = sh.LayerStates.load(path, verify=False)  # explicitly unchecked: it loads
+    assert not torch.equal(changed.states, good.states)
+
+
+def test_edited_metadata_is_refused(tmp_path):
+    """Before: layers edited to [2, 1, 0] made layer(0) return layer 2."""
+    path = tmp_path / "s.safetensors"
+    _states().save(path)
+    for edit in (
+        lambda meta: {**meta, "layers": [2, 1, 0]},
+        lambda meta: {**meta, "site": "mlp_out"},
+        lambda meta: {**meta, "pool": "max"},
+        lambda meta: {**meta, "provenance": {"model": "someone-else"}},
+    ):
+        copy = tmp_path / "edited.safetensors"
+        copy.write_bytes(path.read_bytes())
+        _edit_header(copy, edit)
+        with pytest.raises(sh.ArtifactError, match="metadata.*do not match the checksum"):
+            sh.LayerStates.load(copy)
+
+
+@pytest.mark.parametrize(
+    ("layers", "why"),
+    [
+        ([0, 1], "names 2 layers but 'states' holds 3"),
+        ([0, 0, 1], "distinct layer indices"),
+        ([0, "1", 2], "distinct layer indices"),
+        ([0, -1, 2], "distinct layer indices"),
+        (None, "distinct layer indices"),
+    ],
+)
+def test_metadata_is_checked_against_the_tensors_even_unverified(tmp_path, layers, why):
+    path = tmp_path / "s.safetensors"
+    _states().save(path)
+    _edit_header(path, lambda meta: {**meta, "layers": layers})
+    with pytest.raises(sh.ArtifactError, match=rf"s\.safetensors is not valid LayerStates.*{why}"):
+        sh.LayerStates.load(path, verify=False)
+
+
+@pytest.mark.parametrize("doc", [[1, 2], None, "text", 3])
+def test_metadata_that_is_not_an_object_is_an_artifact_error(tmp_path, doc):
+    """Before: a JSON list or null as metadata raised AttributeError."""
+    path = tmp_path / "s.safetensors"
+    _states().save(path)
+    _edit_header(path, lambda meta: doc)
+    with pytest.raises(sh.ArtifactError, match=r"s\.safetensors is not a semhooks artifact"):
+        sh.LayerStates.load(path)
+    with pytest.raises(sh.ArtifactError, match=r"s\.safetensors is not a semhooks artifact"):
+        sh.artifacts.read_metadata(path)
+
+
+def test_emergence_result_load_fails_closed(tmp_path):
+    """Before: a safetensors file given to EmergenceResult.load raised UnicodeDecodeError."""
+    from semhooks.emergence import EmergenceResult
+
+    binary = tmp_path / "states.safetensors"
+    _states().save(binary)
+    with pytest.raises(sh.ArtifactError, match=r"states\.safetensors is not a JSON file"):
+        EmergenceResult.load(binary)
+    cases = {
+        "broken.json": ('{"kind": ', "not valid JSON"),
+        "list.json": ("[1, 2]", "holds a JSON list"),
+        "other.json": ('{"kind": "WiCResult"}', "holds a 'WiCResult', expected"),
+        "partial.json": ('{"kind": "EmergenceResult", "model": "m"}', "not a valid Emergence"),
+    }
+    for name, (text, why) in cases.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(sh.ArtifactError, match=rf"{name.replace('.', '[.]')}.*{why}"):
+            EmergenceResult.load(tmp_path / name)
+    with pytest.raises(sh.ArtifactError, match="no file at"):
+        EmergenceResult.load(tmp_path / "missing.json")
+
+
+def test_a_killed_save_leaves_no_temporary_file_after_the_next_save(tmp_path):
+    """Before: a save killed half way left a full-size .tmp file behind for good."""
+    target = tmp_path / "s.safetensors"
+    script = textwrap.dedent(
+        f"""
+        import os, signal
+        from semhooks import artifacts
+        with artifacts.atomic_path({str(target)!r}) as tmp:
+            tmp.write_bytes(b"x" * 100_000)
+            os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    leftovers = [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    assert len(leftovers) == 1 and leftovers[0].stat().st_size == 100_000
+    live = tmp_path / f".s.safetensors.{socket.gethostname()}-{os.getpid()}.live.tmp"
+    live.write_bytes(b"a save in flight in a live process")
+    _states().save(target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([target.name, live.name])
+    assert sh.LayerStates.load(target).states.shape == (3, 4, 8)
+
+
+# ---------------------------------------------------------------------- estimators
+@pytest.mark.parametrize("scale", [1e-13, 1e-20, 1e13])
+def test_gaussian_mi_does_not_depend_on_the_units(scale):
+    """Before: features with std < 1e-12 were treated as constant (MI ~ 0 bits)."""
+    from semhooks.mi import GaussianMI, correlated_gaussians
+
+    x, y, _ = correlated_gaussians(800, 3, 1.0, seed=0)
+    x64 = torch.as_tensor(x, dtype=torch.float64)
+    ref = GaussianMI().fit(x64, y).mi_
+    assert ref > 0.5
+    scaled = GaussianMI().fit(x64 * scale, y)
+    assert scaled.n_constant_dropped_ == 0
+    assert scaled.mi_ == pytest.approx(ref, rel=1e-6)
+    # a truly constant feature is still dropped
+    const = torch.cat([x64 * scale, torch.full((800, 1), 3.0, dtype=torch.float64)], dim=1)
+    assert GaussianMI().fit(const, y).n_constant_dropped_ == 1
