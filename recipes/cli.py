@@ -64,7 +64,14 @@ def _cmd_show(args: argparse.Namespace) -> int:
     if not path.is_file():
         print(f"semhooks: no metrics.json in {args.dir}", file=sys.stderr)
         return EXIT_CONFIG
-    doc = json.loads(path.read_text())
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(doc, dict) or not isinstance(doc.get("config"), dict):
+            raise ValueError("not a metrics document")
+    except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError included
+        detail = " ".join(str(exc).split())
+        print(f"semhooks: {path} is not a readable metrics.json ({detail})", file=sys.stderr)
+        return EXIT_CONFIG
     if args.json:
         print(json.dumps(doc, indent=2))
         return 0

@@ -29,8 +29,8 @@ NEGATIVE = [
 @dataclass
 class ConceptSteeringConfig(RecipeConfig):
     layer: int = 12
-    positive: list[str] = field(default_factory=lambda: list(POSITIVE))
-    negative: list[str] = field(default_factory=lambda: list(NEGATIVE))
+    positive: list[str] = field(default_factory=lambda: list(POSITIVE), metadata={"min_len": 2})
+    negative: list[str] = field(default_factory=lambda: list(NEGATIVE), metadata={"min_len": 2})
     prompts: list[str] = field(
         default_factory=lambda: [
             "The movie was",
@@ -43,7 +43,7 @@ class ConceptSteeringConfig(RecipeConfig):
     contrast_tokens: list[str] = field(default_factory=lambda: [" terrible", " bad", " awful"])
     alphas: list[float] = field(default_factory=lambda: [-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0])
     generate_alpha: float = 3.0
-    max_new_tokens: int = 12
+    max_new_tokens: int = field(default=12, metadata={"min": 1})
 
 
 def _check(config: ConceptSteeringConfig, ctx: RunContext) -> None:

@@ -146,7 +146,13 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
         if isinstance(value, str):
             text = value.strip()
             if text.startswith("["):
-                items = json.loads(text)
+                try:
+                    items = json.loads(text)
+                except json.JSONDecodeError as exc:
+                    raise ConfigError(
+                        f"{key}: not a valid JSON list ({exc.msg} at character {exc.pos}): "
+                        f"{value!r}"
+                    ) from None
             else:
                 items = [v for v in text.split(",") if v.strip()]
         if not isinstance(items, (list, tuple)):
@@ -196,24 +202,7 @@ def build_config(
     """Defaults, then a TOML/YAML/JSON file, then ``key=value`` overrides; all type-checked."""
     values: dict[str, Any] = {}
     if file is not None:
-        path = Path(file)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        text = path.read_text()
-        if path.suffix == ".toml":
-            try:
-                import tomllib
-            except ModuleNotFoundError:  # Python 3.10
-                import tomli as tomllib  # type: ignore[no-redef]
-            values.update(tomllib.loads(text))
-        elif path.suffix in (".yaml", ".yml"):
-            import yaml
-
-            values.update(yaml.safe_load(text) or {})
-        elif path.suffix == ".json":
-            values.update(json.loads(text))
-        else:
-            raise ConfigError(f"config file {path}: use .toml, .yaml or .json")
+        values.update(_read_config_file(Path(file)))
     if isinstance(overrides, dict):
         values.update(overrides)
     else:
@@ -230,7 +219,67 @@ def build_config(
             f"unknown config key(s) {unknown} for {cls.__name__}; valid keys: {sorted(names)}"
         )
     kwargs = {k: _coerce(k, v, hints[k]) for k, v in values.items()}
-    return cls(**kwargs)
+    config = cls(**kwargs)
+    validate_config(config)
+    return config
+
+
+def _read_config_file(path: Path) -> dict[str, Any]:
+    """The key/value table of a TOML, YAML or JSON config file; any problem is one line."""
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    if path.suffix not in (".toml", ".yaml", ".yml", ".json"):
+        raise ConfigError(f"config file {path}: use .toml, .yaml or .json")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not UTF-8 text") from None
+    try:
+        if path.suffix == ".toml":
+            try:
+                import tomllib
+            except ModuleNotFoundError:  # Python 3.10
+                import tomli as tomllib  # type: ignore[no-redef]
+            doc: Any = tomllib.loads(text)
+        elif path.suffix == ".json":
+            doc = json.loads(text)
+        else:
+            import yaml
+
+            doc = yaml.safe_load(text)
+            doc = {} if doc is None else doc
+    except Exception as exc:  # tomllib, json and yaml each raise their own syntax error
+        detail = " ".join(str(exc).split())
+        raise ConfigError(f"config file {path}: syntax error: {detail}") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(
+            f"config file {path} must hold a table of key = value settings, got a "
+            f"{type(doc).__name__}"
+        )
+    return doc
+
+
+def validate_config(config: Any) -> None:
+    """Value checks that need no model, declared on the config's fields: a list may not be
+    empty (unless ``metadata={"allow_empty": True}``); ``metadata={"min": m}`` bounds a
+    number, ``{"min_len": m}`` a list's length. Raises ConfigError naming the key."""
+    for f in dataclasses.fields(config):
+        value, meta = getattr(config, f.name), f.metadata
+        if isinstance(value, (list, tuple)):
+            if not value and not meta.get("allow_empty"):
+                raise ConfigError(f"{f.name}: empty list; give at least one value")
+            if len(value) < meta.get("min_len", 0):
+                raise ConfigError(
+                    f"{f.name}: needs at least {meta['min_len']} values, got {len(value)}"
+                )
+        low = meta.get("min")
+        if (
+            low is not None
+            and isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and value < low
+        ):
+            raise ConfigError(f"{f.name}: must be >= {low}, got {value!r}")
 
 
 def config_dict(config: Any) -> dict[str, Any]:
@@ -315,6 +364,7 @@ class RunContext:
     figures: list[tuple[str, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     resumed: list[str] = field(default_factory=list)
+    _model_key: dict[str, Any] | None = field(default=None, repr=False)
     definitions: list[Definition] = field(default_factory=list)
 
     @property
@@ -342,26 +392,24 @@ class RunContext:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
-    def cached_states(self, name: str, compute: Callable[[], Any]) -> Any:
-        """A LayerStates artifact: loaded from the run folder if present, else computed + saved."""
-        from semhooks.states import LayerStates
+    def cache_key(self, name: str) -> dict[str, Any]:
+        """Everything that decides artifact ``name``: the recipe (its config class), the
+        whole config (but ``progress``), the model's fingerprint (name, weights, tokenizer)
+        and the semhooks version. A cached artifact is reused only under the same key."""
+        from semhooks.artifacts import semhooks_version
+        from semhooks.fingerprint import model_fingerprint
 
-        path = self.artifacts / f"{name}.safetensors"
-        if path.is_file():
-            self.resumed.append(name)
-            return LayerStates.load(path)
-        states = compute()
-        states.save(path)
-        return states
-
-    def cached_json(self, name: str, compute: Callable[[], Any]) -> Any:
-        path = self.artifacts / f"{name}.json"
-        if path.is_file():
-            self.resumed.append(name)
-            return json.loads(path.read_text())
-        value = compute()
-        atomic_write_json(path, value)
-        return value
+        if self._model_key is None:
+            self._model_key = model_fingerprint(self.model)
+        cls = type(self.config)
+        config = {k: v for k, v in config_dict(self.config).items() if k != "progress"}
+        return {
+            "artifact": name,
+            "recipe_config": f"{cls.__module__}.{cls.__qualname__}",
+            "config": config,
+            "model": self._model_key,
+            "semhooks_version": semhooks_version(),
+        }
 
     def cached(
         self,
@@ -371,13 +419,49 @@ class RunContext:
         load: Callable[[Path], Any],
         suffix: str = ".safetensors",
     ) -> Any:
+        """Artifact ``name``: loaded from the run folder when it was made under the same
+        :meth:`cache_key`, else computed and saved (replacing a stale one).
+
+        ``artifacts/NAME.key.json`` records the key and the artifact file's sha256; it is
+        removed before an artifact is replaced and written after, so a run killed in
+        between leaves no key (recompute), never a key beside another run's artifact.
+        """
+        from semhooks.artifacts import ArtifactError
+        from semhooks.fingerprint import content_sha256
+
         path = self.artifacts / f"{name}{suffix}"
-        if path.is_file():
-            self.resumed.append(name)
-            return load(path)
+        key_path = self.artifacts / f"{name}.key.json"
+        key = content_sha256(self.cache_key(name))
+        if path.is_file() and key_path.is_file():
+            try:
+                stored = json.loads(key_path.read_text())
+                if stored["key_sha256"] == key and stored["artifact_sha256"] == _file_sha256(path):
+                    value = load(path)
+                    self.resumed.append(name)
+                    return value
+            except (OSError, ValueError, KeyError, TypeError, ArtifactError):
+                pass  # a damaged key or artifact: recompute it
+        key_path.unlink(missing_ok=True)
         value = compute()
         save(value, path)
+        atomic_write_json(key_path, {"key_sha256": key, "artifact_sha256": _file_sha256(path)})
         return value
+
+    def cached_states(self, name: str, compute: Callable[[], Any]) -> Any:
+        """A LayerStates artifact (see :meth:`cached`)."""
+        from semhooks.states import LayerStates
+
+        return self.cached(name, compute, lambda v, p: v.save(p), LayerStates.load)
+
+    def cached_json(self, name: str, compute: Callable[[], Any]) -> Any:
+        """A JSON artifact (see :meth:`cached`)."""
+        return self.cached(
+            name,
+            compute,
+            lambda value, p: atomic_write_json(p, value),
+            lambda p: json.loads(p.read_text(encoding="utf-8")),
+            suffix=".json",
+        )
 
     def save_figure(self, name: str, fig: Any, caption: str = "") -> str:
         import matplotlib.pyplot as plt
@@ -389,6 +473,16 @@ class RunContext:
         plt.close(fig)
         self.figures.append((path.name, caption))
         return path.name
+
+
+def _file_sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _jsonable(obj: Any) -> Any:
@@ -424,6 +518,7 @@ def run_recipe(
         raise ConfigError(
             f"recipe {name} needs a {recipe.config_cls.__name__}, got {type(config).__name__}"
         )
+    validate_config(config)
     out_dir = Path(out)
     ctx = RunContext(out_dir, config, progress=getattr(config, "progress", True), _model=model)
     t0 = time.perf_counter()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from recipes.core import ConfigError, RecipeConfig, RunContext, register
@@ -11,10 +11,10 @@ from recipes.core import ConfigError, RecipeConfig, RunContext, register
 @dataclass
 class EmergenceProfileConfig(RecipeConfig):
     inputs: str = "entities"
-    n: int = 2000
-    k: int = 8
+    n: int = field(default=2000, metadata={"min": 50})
+    k: int = field(default=8, metadata={"min": 2})
     estimator: str = "gaussian"
-    reduce_dim: int = 32
+    reduce_dim: int = field(default=32, metadata={"min": 1})
     layers: list[int] | None = None
 
 

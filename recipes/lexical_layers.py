@@ -13,11 +13,11 @@ class LexicalLayersConfig(RecipeConfig):
     encoder: str | None = "minilm-l6"
     variants: list[str] = field(default_factory=lambda: ["base", "repeat", "prompt", "last"])
     layers: list[int] | None = None
-    n_fit: int = 1000
+    n_fit: int = field(default=1000, metadata={"min": 1})
     n_eval: int | None = None
     standardize: bool = True
     probe: bool = True
-    batch_size: int = 16
+    batch_size: int = field(default=16, metadata={"min": 1})
 
 
 def _check(config: LexicalLayersConfig, ctx: RunContext) -> None:

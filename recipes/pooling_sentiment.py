@@ -12,15 +12,17 @@ from recipes.core import ConfigError, RecipeConfig, RunContext, add_proportion, 
 class PoolingSentimentConfig(RecipeConfig):
     train: str = "sst2-train"
     test: str = "sst2-dev"
-    transfer: list[str] = field(default_factory=lambda: ["amazon_cells", "yelp", "imdb"])
-    n_train: int = 1000
+    transfer: list[str] = field(
+        default_factory=lambda: ["amazon_cells", "yelp", "imdb"], metadata={"allow_empty": True}
+    )
+    n_train: int = field(default=1000, metadata={"min": 1})
     n_test: int | None = 400
     layers: list[int] | None = None
     poolings: list[str] = field(
         default_factory=lambda: ["mean", "max", "last", "first", "weighted"]
     )
-    cv: int = 5
-    batch_size: int = 16
+    cv: int = field(default=5, metadata={"min": 2})
+    batch_size: int = field(default=16, metadata={"min": 1})
 
 
 def _dataset(name: str, n: int | None, seed: int) -> Any:

@@ -15,10 +15,10 @@ class RelationConceptsConfig(RecipeConfig):
     )
     subject_layer: int = 15
     object_layer: int = 29
-    rank: int = 100
+    rank: int = field(default=100, metadata={"min": 1})
     n_shot: int = 3
     method: str = "randomized"
-    n_lre_prompts: int = 20
+    n_lre_prompts: int = field(default=20, metadata={"min": 1})
     max_prompts: int | None = 60
     alpha: float = 0.05
     causality: bool = True

@@ -12,10 +12,10 @@ from recipes.core import ConfigError, RecipeConfig, RunContext, add_proportion, 
 class VocabCalibrationConfig(RecipeConfig):
     datasets: list[str] = field(default_factory=lambda: ["sst2", "yelp", "amazon_cells"])
     label_words: list[str] = field(default_factory=lambda: ["negative", "positive"])
-    n_train: int = 600
-    n_test: int = 300
+    n_train: int = field(default=600, metadata={"min": 1})
+    n_test: int = field(default=300, metadata={"min": 1})
     layer: int = -1
-    k_shot: int = 4
+    k_shot: int = field(default=4, metadata={"min": 0})
     icl_limit: int = 200
 
 

@@ -70,7 +70,7 @@ def remove_stale_temporaries(target: Path, *, max_age_s: float = 3600.0) -> list
     the host) is gone, or, for a name without a pid, when it is older than ``max_age_s``.
     Files of live writers and of other hosts are left alone. Returns what was removed.
     """
-    removed = []
+    removed: list[Path] = []
     prefix, mine = f".{target.name}.", _tmp_prefix(target)
     try:
         candidates = [p for p in target.parent.iterdir() if p.name.startswith(prefix)]

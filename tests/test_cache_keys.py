@@ -156,3 +156,98 @@ def test_shard_manifest_keeps_the_config_readable(tiny_llama, tmp_path):
     config = json.loads((out / "manifest.json").read_text())["config"]
     assert config["model"] == "tiny-llama" and config["layers"] == [0, 2]
     assert config["tokens"] == "explicit" and len(config["tokens_sha256"]) == 64
+
+
+# ---------------------------------------------------------------------- recipe cache keys
+def _recipe(name, out, model_object=None, **extra):
+    from recipes import run_recipe
+    from tests.test_recipes import small_config
+
+    doc = run_recipe(name, small_config(name, **extra), out, model=model_object)
+    doc["metrics"] = _undated(doc["metrics"])
+    return doc
+
+
+def _undated(obj):
+    """Metrics without dates and timings (the only parts that differ between runs)."""
+    if isinstance(obj, dict):
+        return {
+            k: _undated(v)
+            for k, v in obj.items()
+            if k not in ("date", "saved_at") and "seconds" not in k
+        }
+    if isinstance(obj, list):
+        return [_undated(v) for v in obj]
+    return obj
+
+
+def test_recipe_cache_is_keyed_by_the_model(tmp_path):
+    """Before: tiny-gpt2 into tiny-llama's folder reported llama's direction norm."""
+    shared = tmp_path / "run"
+    llama = _recipe("concept-steering", shared)
+    gpt2 = _recipe("concept-steering", shared, model="tiny-gpt2")
+    fresh = _recipe("concept-steering", tmp_path / "fresh", model="tiny-gpt2")
+    assert gpt2["resumed_artifacts"] == []
+    assert gpt2["metrics"] == fresh["metrics"]
+    assert gpt2["metrics"]["summary"] != llama["metrics"]["summary"]
+    again = _recipe("concept-steering", shared, model="tiny-gpt2")
+    assert again["resumed_artifacts"] == ["contrast_states"]  # a same-key re-run resumes
+    assert again["metrics"] == fresh["metrics"]
+
+
+def test_recipe_cache_is_keyed_by_the_weights(tmp_path):
+    """Same model name, other weights (another seed): recomputed."""
+    shared = tmp_path / "run"
+    _recipe("concept-steering", shared, tiny_model("llama", seed=0))
+    other = _recipe("concept-steering", shared, tiny_model("llama", seed=1))
+    fresh = _recipe("concept-steering", tmp_path / "fresh", tiny_model("llama", seed=1))
+    assert other["resumed_artifacts"] == [] and other["metrics"] == fresh["metrics"]
+
+
+def test_recipe_cache_is_keyed_by_the_config(tmp_path):
+    """Before: changing ``layer`` raised KeyError('layer 2 not extracted')."""
+    shared = tmp_path / "run"
+    _recipe("concept-steering", shared)
+    moved = _recipe("concept-steering", shared, layer=2)
+    assert moved["resumed_artifacts"] == []
+    assert moved["metrics"] == _recipe("concept-steering", tmp_path / "fresh", layer=2)["metrics"]
+
+
+def test_emergence_cache_is_keyed_by_the_estimator(tmp_path, monkeypatch):
+    """Before: estimator=mine after gaussian reported the Gaussian numbers captioned 'mine'."""
+    from semhooks import emergence
+    from semhooks.mi import MINE
+
+    real = emergence.information_emergence
+
+    def short_mine(model, seqs, estimator, **kw):  # MINE trained briefly: seconds, not minutes
+        if estimator == "mine":
+            estimator = MINE(seed=kw["seed"], max_steps=30, eval_every=10, hidden=16)
+        return real(model, seqs, estimator, **kw)
+
+    monkeypatch.setattr(emergence, "information_emergence", short_mine)
+    shared = tmp_path / "run"
+    gaussian = _recipe("emergence-profile", shared)
+    mine = _recipe("emergence-profile", shared, estimator="mine")
+    fresh = _recipe("emergence-profile", tmp_path / "fresh", estimator="mine")
+    assert mine["resumed_artifacts"] == []
+    assert mine["metrics"] == fresh["metrics"]
+    assert mine["metrics"]["summary"] != gaussian["metrics"]["summary"]
+
+
+def test_a_tampered_or_unkeyed_recipe_artifact_is_recomputed(tmp_path):
+    shared = tmp_path / "run"
+    first = _recipe("concept-steering", shared)
+    states = shared / "artifacts" / "contrast_states.safetensors"
+    key = shared / "artifacts" / "contrast_states.key.json"
+    other = sh.extract_states(
+        tiny_model("gpt2"), ["a b c", "d e f"], layers=[1], progress=False
+    )  # a valid LayerStates of the wrong run, put in place by hand
+    other.save(states)
+    again = _recipe("concept-steering", shared)
+    assert again["resumed_artifacts"] == [] and again["metrics"] == first["metrics"]
+    key.unlink()  # an artifact without its key (e.g. from an older semhooks)
+    again = _recipe("concept-steering", shared)
+    assert again["resumed_artifacts"] == [] and again["metrics"] == first["metrics"]
+    key.write_text("{")
+    assert _recipe("concept-steering", shared)["metrics"] == first["metrics"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -223,3 +224,81 @@ def test_gaussian_mi_does_not_depend_on_the_units(scale):
     # a truly constant feature is still dropped
     const = torch.cat([x64 * scale, torch.full((800, 1), 3.0, dtype=torch.float64)], dim=1)
     assert GaussianMI().fit(const, y).n_constant_dropped_ == 1
+
+
+# ---------------------------------------------------------------------- CLI config errors
+@pytest.fixture
+def no_model_load(monkeypatch):
+    """A config error must come before any model is loaded (so before any forward pass)."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the config was checked")
+
+    monkeypatch.setattr(sh, "load_model", refuse)
+
+
+CONFIG_FILES = {
+    "syntax.toml": ("layer = = 3\n", r"syntax\.toml: syntax error"),
+    "syntax.yaml": ("layer: [1, 2\n", r"syntax\.yaml: syntax error"),
+    "syntax.json": ('{"layer": ', r"syntax\.json: syntax error"),
+    "list.json": ("[1, 2]", r"list\.json must hold a table.*got a list"),
+    "list.yaml": ("- 1\n- 2\n", r"list\.yaml must hold a table.*got a list"),
+    "binary.toml": (b"\xff\xfe\x00", r"binary\.toml is not UTF-8"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CONFIG_FILES))
+def test_cli_bad_config_file_is_one_line_exit_2(tmp_path, capsys, no_model_load, name):
+    """Before: a TOML syntax error or a JSON list config gave a raw exception and exit 1."""
+    from semhooks.cli import main
+
+    content, why = CONFIG_FILES[name]
+    path = tmp_path / name
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    code = main(["run", "concept-steering", "--config", str(path), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and re.search(why, err), err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    ("setting", "why"),
+    [
+        ("alphas=[1.0,", r"alphas: not a valid JSON list"),
+        ("max_new_tokens=0", r"max_new_tokens: must be >= 1, got 0"),
+        ("prompts=[]", r"prompts: empty list"),
+        ("target_tokens=[]", r"target_tokens: empty list"),
+        ('positive=["only one"]', r"positive: needs at least 2 values, got 1"),
+        ("layr=1", r"unknown config key"),
+    ],
+)
+def test_cli_bad_setting_is_one_line_exit_2(tmp_path, capsys, no_model_load, setting, why):
+    """Before: bad --set JSON, max_new_tokens=0 and empty lists gave raw exceptions (exit 1),
+    some only after forward passes."""
+    from semhooks.cli import main
+
+    code = main(["run", "concept-steering", "--set", setting, "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and re.search(why, err), err
+
+
+def test_run_recipe_checks_values_before_loading_the_model(tmp_path, no_model_load):
+    from recipes import ConfigError, get_recipe, run_recipe
+
+    config = get_recipe("concept-steering").config_cls(model="tiny-llama", max_new_tokens=0)
+    with pytest.raises(ConfigError, match="max_new_tokens: must be >= 1"):
+        run_recipe("concept-steering", config, tmp_path / "o")
+    config = get_recipe("pooling-sentiment").config_cls(model="tiny-gpt2", transfer=[])
+    from recipes.core import validate_config
+
+    validate_config(config)  # an empty list where "none" is meaningful is allowed
+
+
+def test_cli_show_of_a_damaged_metrics_file_is_one_line(tmp_path, capsys):
+    from semhooks.cli import main
+
+    for content in (b"{", b"[1]", b"\xff\xfe"):
+        (tmp_path / "metrics.json").write_bytes(content)
+        assert main(["show", str(tmp_path)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "metrics.json is not a readable" in err
