@@ -559,10 +559,16 @@ def test_same_seed_gives_bit_identical_probes_and_directions(tiny_gpt2):
         tiny_gpt2, texts, layers=[1], tokens="all", pool=None, progress=False
     )
     pools = _twice(lambda: AttentionPooler(epochs=5, seed=3, progress=False).fit(tokens, labels))
-    sa, sb = (p.state_dict() if hasattr(p, "state_dict") else vars(p) for p in pools)
-    for key, value in sa.items():
-        if isinstance(value, torch.Tensor):
-            assert torch.equal(value, sb[key]), key
+    # the learned attributes themselves (vars() holds them in a dict of tensors, which the
+    # old loop skipped: it compared nothing)
+    a, b = pools
+    assert sorted(a.scorers_) == sorted(b.scorers_) == [1]
+    for layer in a.scorers_:
+        assert torch.equal(a.scorers_[layer], b.scorers_[layer]), layer
+    assert np.array_equal(a.classes_, b.classes_)
+    assert a.train_accuracy_ == b.train_accuracy_
+    other = AttentionPooler(epochs=5, seed=4, progress=False).fit(tokens, labels)
+    assert not torch.equal(other.scorers_[1], a.scorers_[1])  # the seed is used
 
 
 def test_same_seed_gives_bit_identical_mi_estimates():
