@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import semhooks as sh
 from semhooks.fingerprint import corpus_sha256, weights_sha256
@@ -251,3 +255,120 @@ def test_a_tampered_or_unkeyed_recipe_artifact_is_recomputed(tmp_path):
     assert again["resumed_artifacts"] == [] and again["metrics"] == first["metrics"]
     key.write_text("{")
     assert _recipe("concept-steering", shared)["metrics"] == first["metrics"]
+
+
+# ---------------------------------------------------------------------- properties
+PROPS = settings(
+    max_examples=40,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+BASE = {"layers": [0, 2], "tokens": "all", "pool": "mean", "shard_size": 4}
+SMALL_TEXTS = [f"{w} number {i} is here." for i, w in enumerate(["Bat", "Fox", "Owl"] * 3)]
+words = st.sampled_from(["Bat", "Fox", "Owl", "river", "Paris", "number", "here"])
+
+
+def _changes():
+    """One change to one input of extract_states; ``same`` marks changes that must not
+    change the result (they may resume)."""
+    n = len(SMALL_TEXTS)
+    return st.one_of(
+        st.tuples(st.just("text"), st.integers(0, n - 1), words),
+        st.tuples(st.just("append"), words),
+        st.tuples(st.just("layers"), st.sampled_from([[0], [2], [1, 2], [0, 1, 2]])),
+        st.tuples(st.just("site"), st.sampled_from(["resid_pre", "mlp_out", "attn_out"])),
+        st.tuples(st.just("pool"), st.sampled_from(["max", "last", "first"])),
+        st.tuples(st.just("tokens"), st.sampled_from(["last", "first"])),
+        st.tuples(st.just("positions"), st.lists(st.integers(0, 2), min_size=n, max_size=n)),
+        st.tuples(st.just("substrings"), st.sampled_from(["number", "is", "here"])),
+        st.tuples(st.just("weights"), st.integers(0, 3)),
+        st.tuples(st.just("seed"), st.integers(1, 3)),
+        st.tuples(st.just("same"), st.sampled_from(["batch_size", "padding_side", "none"])),
+    )
+
+
+def _apply(change, models):
+    texts, kw, model = list(SMALL_TEXTS), dict(BASE), models[0]
+    kind = change[0]
+    if kind == "text":
+        texts[change[1]] = f"{change[2]} {texts[change[1]]}"
+    elif kind == "append":
+        texts.append(f"{change[1]} at the end.")
+    elif kind in ("layers", "site", "pool", "tokens"):
+        kw[kind] = change[1]
+    elif kind == "positions":
+        kw["tokens"] = list(change[1])
+    elif kind == "substrings":
+        kw["tokens"] = [change[1]] * len(texts)
+    elif kind == "weights":
+        kw.update(pool="weighted", pool_weights=_weights(change[1]))
+    elif kind == "seed":
+        model = models[change[1]]
+    elif change[1] == "batch_size":
+        kw["batch_size"] = 3
+    elif change[1] == "padding_side":
+        kw["padding_side"] = "left"
+    return model, texts, kw
+
+
+@pytest.fixture(scope="module")
+def seeded_llamas():
+    return [tiny_model("llama", seed=s) for s in range(4)]
+
+
+@PROPS
+@given(change=_changes())
+def test_any_changed_input_recomputes_or_refuses(seeded_llamas, change):
+    """extract_states(out_dir=D) after a run with other inputs never returns that run's
+    states: either it refuses (ArtifactError naming what differs) or its states equal a
+    fresh extraction of the new inputs."""
+    with tempfile.TemporaryDirectory() as d:
+        out = Path(d) / "s"
+        first = sh.extract_states(
+            seeded_llamas[0], SMALL_TEXTS, out_dir=out, progress=False, **BASE
+        ).load()
+        model, texts, kw = _apply(change, seeded_llamas)
+        shard_size = kw.pop("shard_size")
+        fresh = sh.extract_states(model, texts, progress=False, **kw)
+        try:
+            again = sh.extract_states(
+                model, texts, out_dir=out, shard_size=shard_size, progress=False, **kw
+            ).load()
+        except sh.ArtifactError as exc:
+            assert "another extraction" in str(exc)
+            assert change[0] != "same", f"{change} must not change the result, yet: {exc}"
+            return
+        torch.testing.assert_close(again.states, fresh.states, atol=1e-5, rtol=1e-5)
+        assert again.layers == fresh.layers
+        if change[0] != "same":
+            assert again.states.shape != first.states.shape or not torch.allclose(
+                again.states, first.states
+            ), f"{change} resumed the first run's states"
+
+
+RECIPE_CHANGES = st.one_of(
+    st.tuples(st.just("layer"), st.sampled_from([0, 2])),
+    st.tuples(st.just("model"), st.just("tiny-gpt2")),
+    st.tuples(st.just("seed"), st.integers(1, 3)),
+    st.tuples(st.just("alphas"), st.sampled_from([[-2.0, 0.0, 2.0], [0.0, 0.5]])),
+    st.tuples(st.just("prompts"), st.sampled_from([["My day has been"], ["The food tasted"]])),
+    st.tuples(st.just("positive"), st.just(["Great.", "Lovely.", "Wonderful."])),
+    st.tuples(st.just("max_new_tokens"), st.integers(1, 2)),
+    st.tuples(st.just("generate_alpha"), st.sampled_from([-1.0, 5.0])),
+)
+
+
+@pytest.mark.slow
+@settings(PROPS, max_examples=8)
+@given(change=RECIPE_CHANGES)
+def test_a_rerun_with_any_changed_config_equals_a_fresh_run(change):
+    """A recipe re-run into the same --out with one config value changed gives the metrics
+    of a fresh run with that config (never the cached artifacts of the first run)."""
+    key, value = change
+    with tempfile.TemporaryDirectory() as d:
+        _recipe("concept-steering", Path(d) / "run")
+        again = _recipe("concept-steering", Path(d) / "run", **{key: value})
+        fresh = _recipe("concept-steering", Path(d) / "fresh", **{key: value})
+    assert again["resumed_artifacts"] == [] or key in ("alphas", "prompts", "max_new_tokens")
+    assert again["metrics"] == fresh["metrics"], change

@@ -8,6 +8,7 @@ that attached them, and any other thread using it gets a ``ConcurrentUseError``.
 from __future__ import annotations
 
 import math
+import sys
 import threading
 
 import pytest
@@ -43,7 +44,16 @@ def _run_threads(targets):
     return errors
 
 
-def test_one_patch_shared_by_two_threads_equals_sequential():
+@pytest.fixture
+def fast_switching():
+    """Switch threads every microsecond (default 5 ms), so races show within few forwards."""
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    yield
+    sys.setswitchinterval(old)
+
+
+def test_one_patch_shared_by_two_threads_equals_sequential(fast_switching):
     """Before: Patch kept the current source on the instance between _prepare and _edit,
     so another thread's layer could be written in (0.2-1.2% of forwards corrupted)."""
     models = [tiny_model("llama"), tiny_model("llama")]
@@ -53,10 +63,12 @@ def test_one_patch_shared_by_two_threads_equals_sequential():
     t = ids.shape[1]
     # a different source per layer: a swapped-in layer is always visible in the logits
     source = {layer: torch.randn(2, t, 64, generator=g) * (layer + 1) for layer in range(3)}
-    patch = Patch(source, alpha=0.5, layers=[0, 1, 2], positions=[[1, 2], [0, 3]])
+    # a long python-side selection (repeated columns) widens the window between looking
+    # up the source and writing it, where the old code let another thread swap it
+    patch = Patch(source, alpha=0.5, layers=[0, 1, 2], positions=[1, 2, 3] * 300)
     with torch.inference_mode(), intervene(models[0], patch):
         reference = models[0](ids)
-    n_forwards = 60
+    n_forwards = 100
     results: dict[int, list[torch.Tensor]] = {0: [], 1: []}
 
     def worker(k):
@@ -76,27 +88,29 @@ def test_one_patch_shared_by_two_threads_equals_sequential():
     assert patch.n_fired == 2 * n_forwards * 3  # counters are not lost between threads
 
 
-def test_per_row_steer_shared_by_two_threads_with_other_batch_sizes():
+def test_per_row_steer_shared_by_two_threads_with_other_batch_sizes(fast_switching):
     """Before: the batch size was kept on the instance (``_batch_size``) between calls."""
     models = [tiny_model("llama"), tiny_model("llama")]
     direction = torch.randn(2, 64, generator=torch.Generator().manual_seed(1))
-    steer = Steer(direction, alpha=3.0, layers=[1], positions="all")
+    steer = Steer(direction, alpha=3.0, layers=[1], positions=[0, 1, 2] * 300)
     ids = _ids(models[0], ["The capital of France is Paris.", "Bat, Rabbit, Ant, Fox,"])
     with torch.inference_mode(), intervene(models[0], steer):
         reference = models[0](ids)
     wrong = []
 
     def good():
-        for _ in range(40):
+        for _ in range(150):
             with torch.inference_mode(), intervene(models[0], steer):
                 if not torch.equal(models[0](ids), reference):
                     wrong.append("changed")
 
+    three = _ids(models[1], ["Bat, Rabbit, Ant, Fox,", "The capital of", "I loved it"])
+
     def bad():  # 3 rows for a 2-row direction: must raise, every time, only here
-        for _ in range(40):
+        for _ in range(300):
             with pytest.raises(InterventionError, match="one direction per row"):
                 with torch.inference_mode(), intervene(models[1], steer):
-                    models[1](_ids(models[1], ["a b", "c d", "e f"]))
+                    models[1](three)
 
     assert _run_threads([good, bad]) == []
     assert wrong == []
