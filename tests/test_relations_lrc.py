@@ -229,6 +229,7 @@ def real_results(smollm2):
 
 @pytest.mark.real
 @pytest.mark.slow
+@pytest.mark.timeout(2400)  # builds the shared fit (~2 min idle; 15+ min seen under load)
 def test_real_lrc_beats_chance_and_mean_difference(real_results):
     table = table_markdown(real_results)
     for ev in real_results:
@@ -241,6 +242,7 @@ def test_real_lrc_beats_chance_and_mean_difference(real_results):
 
 @pytest.mark.real
 @pytest.mark.slow
+@pytest.mark.timeout(2400)  # builds the shared fit (~2 min idle; 15+ min seen under load)
 def test_real_concept_swap_flips_a_clear_majority_and_control_does_not(real_results):
     table = table_markdown(real_results)
     for ev in real_results:
