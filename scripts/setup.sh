@@ -15,7 +15,8 @@ pip() { "$VENV/bin/python" -m pip "$@" 2> >(grep -v "is ignored: it is neither" 
 # were measured with. SEMHOOKS_UNPINNED=1 instead takes the newest releases pyproject.toml's
 # bounds allow (CI runs the backend tests that way too, so drift shows before users see it).
 if [ "${SEMHOOKS_UNPINNED:-0}" = 1 ]; then
-  pins=(--upgrade --upgrade-strategy eager)
+  # Everything newest except torch: a newer torch from PyPI is a multi-GB CUDA build.
+  pins=(--upgrade --upgrade-strategy eager "torch==2.13.0")
 else
   pins=(-c constraints.txt)
 fi

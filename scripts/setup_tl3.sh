@@ -25,7 +25,7 @@ fi
 PIP=("$VENV/bin/python" -m pip install --disable-pip-version-check)
 
 if [ "${SEMHOOKS_UNPINNED:-0}" = 1 ]; then
-  pins=(--upgrade)
+  pins=(--upgrade "torch==2.13.0")  # a newer torch from PyPI is a multi-GB CUDA build
 else
   pins=(-c "$REPO/constraints-tl3.txt")  # the versions CI measured (scripts/lock.sh tl3)
 fi
