@@ -96,7 +96,7 @@ import transformers
 import transformers.cache_utils
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from relations import DEFAULT_ACCURACY_RELATIONS, valid_prompts  # noqa: E402
+from relations import DEFAULT_ACCURACY_RELATIONS, randomized_fits, valid_prompts  # noqa: E402
 
 from semhooks import load_model  # noqa: E402
 from semhooks.model import SMOLLM2_GGUF, adapt, cache_dir, dequantised_dir  # noqa: E402
@@ -293,20 +293,14 @@ def run_relation(model: Any, hf: Any, tok: Any, trainer: Trainer, rel: str, args
     W = exact.lre_.weight_.double()
     row["peer_w_rel_diff"] = float((peer_lre.weight.double() - W).norm() / W.norm())
 
-    fit_s, accs = [], []
-    for k in range(args.sketch_seeds):
-        t0 = time.perf_counter()
-        low = LRC(
-            args.subject_layer,
-            args.object_layer,
-            args.rank,
-            method="randomized",
-            sketch_seed=args.seed + k,
-            **common,
-        ).fit(model, train)
-        fit_s.append(time.perf_counter() - t0)
-        say(f"  {rel}: semhooks randomized fit {fit_s[-1]:.1f} s (sketch {k + 1})")
-        accs.append(low.score(model, test))
+    fit_s, accs = randomized_fits(
+        model,
+        train,
+        test,
+        args,
+        common,
+        lambda k, s: say(f"  {rel}: semhooks randomized fit {s:.1f} s (sketch {k + 1})"),
+    )
     row["randomized_s"] = float(np.mean(fit_s))
     row["randomized_acc"] = float(np.mean(accs))
     row["randomized_accs"] = accs

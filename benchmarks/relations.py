@@ -162,6 +162,27 @@ def timing(model, args) -> dict:
     return out
 
 
+def randomized_fits(model, train, test, args, common, report=None) -> tuple[list, list]:
+    """Fit the randomized LRC once per sketch seed (``args.sketch_seeds`` of them):
+    ``(fit seconds, test accuracies)``; ``report(k, seconds)`` after each fit."""
+    fit_s, accs = [], []
+    for sketch in range(args.sketch_seeds):
+        t0 = time.perf_counter()
+        low = LRC(
+            args.subject_layer,
+            args.object_layer,
+            args.rank,
+            method="randomized",
+            sketch_seed=args.seed + sketch,
+            **common,
+        ).fit(model, train)
+        fit_s.append(time.perf_counter() - t0)
+        if report is not None:
+            report(sketch, fit_s[-1])
+        accs.append(low.score(model, test))
+    return fit_s, accs
+
+
 def accuracy(model, args) -> list[dict]:
     """Exact vs randomized LRC accuracy on each relation's validated split.
 
@@ -195,19 +216,7 @@ def accuracy(model, args) -> list[dict]:
             r: exact.with_rank(r).score(model, test)
             for r in (args.rank - 10, args.rank - 5, args.rank + 5, args.rank + 10)
         }
-        accs, fit_s = [], []
-        for sketch in range(args.sketch_seeds):
-            t0 = time.perf_counter()
-            low = LRC(
-                args.subject_layer,
-                args.object_layer,
-                args.rank,
-                method="randomized",
-                sketch_seed=args.seed + sketch,
-                **common,
-            ).fit(model, train)
-            fit_s.append(time.perf_counter() - t0)
-            accs.append(low.score(model, test))
+        fit_s, accs = randomized_fits(model, train, test, args, common)
         row["randomized_accs"] = accs
         row["randomized_acc"] = float(np.mean(accs))
         row["randomized_fit_s"] = float(np.mean(fit_s))

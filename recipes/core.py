@@ -427,7 +427,7 @@ class RunContext:
         between leaves no key (recompute), never a key beside another run's artifact.
         """
         from semhooks.artifacts import ArtifactError
-        from semhooks.fingerprint import content_sha256
+        from semhooks.fingerprint import content_sha256, file_sha256
 
         path = self.artifacts / f"{name}{suffix}"
         key_path = self.artifacts / f"{name}.key.json"
@@ -435,7 +435,7 @@ class RunContext:
         if path.is_file() and key_path.is_file():
             try:
                 stored = json.loads(key_path.read_text())
-                if stored["key_sha256"] == key and stored["artifact_sha256"] == _file_sha256(path):
+                if stored["key_sha256"] == key and stored["artifact_sha256"] == file_sha256(path):
                     value = load(path)
                     self.resumed.append(name)
                     return value
@@ -444,7 +444,7 @@ class RunContext:
         key_path.unlink(missing_ok=True)
         value = compute()
         save(value, path)
-        atomic_write_json(key_path, {"key_sha256": key, "artifact_sha256": _file_sha256(path)})
+        atomic_write_json(key_path, {"key_sha256": key, "artifact_sha256": file_sha256(path)})
         return value
 
     def cached_states(self, name: str, compute: Callable[[], Any]) -> Any:
@@ -473,16 +473,6 @@ class RunContext:
         plt.close(fig)
         self.figures.append((path.name, caption))
         return path.name
-
-
-def _file_sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _jsonable(obj: Any) -> Any:

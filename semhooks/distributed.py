@@ -38,7 +38,7 @@ import torch
 from tqdm.auto import tqdm
 
 from semhooks.artifacts import ArtifactError, atomic_write_json
-from semhooks.fingerprint import content_sha256
+from semhooks.fingerprint import content_sha256, file_sha256
 from semhooks.model import ModelAdapter, load_model
 from semhooks.states import (
     ShardedStates,
@@ -48,7 +48,6 @@ from semhooks.states import (
     _plan_extraction,
     _read_manifest,
     _reusable_shards,
-    _sha256,
     _shard_config,
     check_shard_size,
     folder_lock,
@@ -180,7 +179,7 @@ def _verified_entries(
             file = folder / entry["file"]
             key = f"{entry['file']}:{entry['sha256']}"
             if key not in checked:
-                checked[key] = file.is_file() and _sha256(file) == entry["sha256"]
+                checked[key] = file.is_file() and file_sha256(file) == entry["sha256"]
             if checked[key]:
                 done[int(entry["start"])] = entry
     return done, manifests

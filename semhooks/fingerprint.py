@@ -29,6 +29,7 @@ from torch import Tensor
 __all__ = [
     "content_sha256",
     "corpus_sha256",
+    "file_sha256",
     "model_fingerprint",
     "pool_weights_sha256",
     "selection_sha256",
@@ -57,6 +58,15 @@ def _plain(obj: Any) -> Any:
     if obj is None or isinstance(obj, (str, int, float, bool)):
         return obj
     raise TypeError(f"cannot fingerprint a {type(obj).__name__} ({obj!r:.60})")
+
+
+def file_sha256(path: Any) -> str:
+    """sha256 of a file's bytes, read in 1 MiB chunks (hex)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def content_sha256(obj: Any) -> str:

@@ -15,6 +15,7 @@ contexts, which remove them in ``finally`` even when a hook raises.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import importlib.util
 import json
@@ -46,7 +47,6 @@ SITES: dict[str, str] = {
 }
 ENCODER_MODEL_TYPES = {"bert", "roberta", "distilbert", "albert", "electra", "deberta", "mpnet"}
 HookFn = Callable[[Tensor, Any], Any]
-_UNSET = object()
 
 
 @runtime_checkable
@@ -212,7 +212,6 @@ class ModelAdapter:
         self.pad_token_id: int = int(pad)
         # Some bridges keep internal hooks of their own; hygiene checks compare to this.
         self.baseline_hooks: int = active_hook_count(model)
-        self._cache_kwarg: str | None | object = _UNSET
         # Whether the KV-cached forward was checked equal to the full one (None: not yet).
         self.prefix_cache_verified: bool | None = None
         self.prefix_cache_error: float | None = None
@@ -466,12 +465,13 @@ class ModelAdapter:
         hf = getattr(self.model, "original_model", None)
         if getattr(hf, "config", None) is None:
             return f"{self.name}: this bridge wraps no Hugging Face model with a config"
-        if self._hf_cache_kwarg() is None:
+        if self._hf_cache_kwarg is None:
             return (
                 f"{self.name}: its Hugging Face forward takes neither `cache` nor `past_key_values`"
             )
         return None
 
+    @functools.cached_property
     def _hf_cache_kwarg(self) -> str | None:
         """The name the wrapped Hugging Face forward gives its KV cache argument.
 
@@ -479,22 +479,22 @@ class ModelAdapter:
         deprecated until 5.40), while TransformerLens 4.3's attention bridges still read
         ``past_key_values``; :meth:`forward_on_cache` bridges the two.
         """
-        if self._cache_kwarg is not _UNSET:
-            return self._cache_kwarg  # type: ignore[return-value]
         import inspect
 
         hf = getattr(self.model, "original_model", None)
-        name: str | None = None
         try:
             params = inspect.signature(hf.forward).parameters  # type: ignore[union-attr]
         except (TypeError, ValueError, AttributeError):
-            params = {}  # type: ignore[assignment]
-        if "cache" in params:
-            name = "cache"
-        elif "past_key_values" in params:
-            name = "past_key_values"
-        self._cache_kwarg = name
-        return name
+            return None
+        for name in ("cache", "past_key_values"):
+            if name in params:
+                return name
+        return None
+
+    @functools.cached_property
+    def _kv_attention_modules(self) -> list[Any]:
+        """The bridge's attention components (those that update a KV cache)."""
+        return [m for m in self.model.modules() if hasattr(m, "_update_kv_cache")]
 
     def new_kv_cache(self) -> Any:
         """An empty KV cache for one row, in the backend's own cache type."""
@@ -522,7 +522,7 @@ class ModelAdapter:
         """Hand a ``cache=`` argument to bridge attention components that read
         ``past_key_values`` (TransformerLens 4.3 under transformers >= 5.24); a no-op when
         the names agree. Pre-hooks live only for the duration of the block."""
-        if self.backend != "bridge" or self._hf_cache_kwarg() != "cache":
+        if self.backend != "bridge" or self._hf_cache_kwarg != "cache":
             yield
             return
 
@@ -532,9 +532,7 @@ class ModelAdapter:
             return args, kwargs
 
         handles = [
-            m.register_forward_pre_hook(pre, with_kwargs=True)
-            for m in self.model.modules()
-            if hasattr(m, "_update_kv_cache")
+            m.register_forward_pre_hook(pre, with_kwargs=True) for m in self._kv_attention_modules
         ]
         try:
             yield
@@ -559,7 +557,7 @@ class ModelAdapter:
                     # HookedTransformer appends the new tokens' mask to the one it keeps.
                     return self.model(ids, attention_mask=torch.ones_like(ids), past_kv_cache=cache)
                 mask = torch.ones(ids.shape[0], past + ids.shape[1], dtype=torch.long)
-                kwarg = self._hf_cache_kwarg()
+                kwarg = self._hf_cache_kwarg
                 assert kwarg is not None
                 return self.model(
                     ids, attention_mask=mask.to(self.device), use_cache=True, **{kwarg: cache}
@@ -700,9 +698,9 @@ def dequantised_dir(gguf: Path) -> Path:
     """Where the float weights dequantised from ``gguf`` are kept: keyed by the GGUF file's
     content (sha256), so every environment on the machine shares one copy and another file
     never reuses it. ``semhooks cache info`` / ``semhooks cache clear`` show and remove it."""
-    with open(gguf, "rb") as f:
-        digest = hashlib.file_digest(f, "sha256").hexdigest()
-    return cache_dir() / "weights" / f"smollm2-135m-{digest[:16]}"
+    from semhooks.fingerprint import file_sha256
+
+    return cache_dir() / "weights" / f"smollm2-135m-{file_sha256(gguf)[:16]}"
 
 
 def _remove_legacy_copies() -> None:

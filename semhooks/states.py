@@ -10,7 +10,6 @@ stops the pass, so later blocks and the unembedding never run. Memory is
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import re
@@ -38,6 +37,7 @@ from semhooks.artifacts import (
 from semhooks.fingerprint import (
     content_sha256,
     corpus_sha256,
+    file_sha256,
     model_fingerprint,
     pool_weights_sha256,
     selection_sha256,
@@ -642,14 +642,6 @@ def _extract(
 
 
 # ---------------------------------------------------------------------- streaming shards
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 _SHARD_NAME = "shard-{k:05d}.safetensors"
 _LOCK_NAME = ".semhooks.lock"
 
@@ -776,7 +768,7 @@ class ShardedStates:
                 f"shard {path} listed in the manifest is missing; re-run the same extraction "
                 "(extract_states(out_dir=...)) to recompute it"
             )
-        if verify and _sha256(path) != shard["sha256"]:
+        if verify and file_sha256(path) != shard["sha256"]:
             raise ArtifactError(
                 f"shard {path} does not match its checksum in the manifest; re-run the same "
                 "extraction to recompute it"
@@ -911,7 +903,7 @@ def _reusable_shards(
         path = folder / _SHARD_NAME.format(k=k)
         if not path.is_file():
             continue
-        sha = _sha256(path)
+        sha = file_sha256(path)
         entry = listed.get(f"{path.name}:{sha}")
         expected = min(size, n_items - k * size)
         if entry is not None and entry["start"] == k * size and entry["n_items"] == expected:
@@ -978,7 +970,12 @@ def _extract_shard(
     )
     name = _SHARD_NAME.format(k=k)
     part.save(folder / name)
-    return {"file": name, "start": start, "n_items": len(chunk), "sha256": _sha256(folder / name)}
+    return {
+        "file": name,
+        "start": start,
+        "n_items": len(chunk),
+        "sha256": file_sha256(folder / name),
+    }
 
 
 def _extract_sharded(
