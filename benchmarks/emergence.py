@@ -1,10 +1,10 @@
-"""Information-emergence benchmark and study runner (semhooks.emergence).
+"""Information-emergence benchmark and study runner (semhooks.studies.emergence).
 
 Benchmark (default): SmolLM2-135M, 2,000 seeded entity lists of k = 8 single-token entities
 ("Ant,Cat,Key,...,"), all 30 blocks, the last position (t = 15, the 8th entity token; the
 micro term averages tokens 1..15). One extraction (macro pass + distinct-token micro pass),
 then IE with MINE and with InfoNCE (the budgeted presets of
-``semhooks.emergence.ESTIMATOR_PRESETS``, PCA to 32 dimensions), MI fits in ``--jobs``
+``semhooks.studies.emergence.ESTIMATOR_PRESETS``, PCA to 32 dimensions), MI fits in ``--jobs``
 worker processes (one thread each). Reported: wall time of each stage, total per estimator
 (extraction + estimation), summed CPU time of the MI fits, and the 1-minute load average
 (the machine is shared: wall times are upper bounds), with each estimator's error on
@@ -37,7 +37,8 @@ import numpy as np
 import torch
 
 import semhooks
-from semhooks.emergence import (
+from semhooks.estimators.mi import validate_estimator, validation_table_markdown
+from semhooks.studies.emergence import (
     ESTIMATOR_PRESETS,
     EmergenceResult,
     collect_pairs,
@@ -46,7 +47,6 @@ from semhooks.emergence import (
     make_estimator,
     natural_sentences,
 )
-from semhooks.mi import validate_estimator, validation_table_markdown
 
 RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results"
 

@@ -48,8 +48,8 @@ def run_variant(variant: str, n_texts: int, batch_size: int, threads: int) -> di
     import torch
 
     import semhooks as sh
-    from semhooks.pooling import pool_mean
-    from semhooks.states import _batches, select_tokens
+    from semhooks.extraction.pooling import pool_mean
+    from semhooks.extraction.states import _batches, select_tokens
 
     torch.set_num_threads(threads)
     model = sh.load_model("smollm2-135m")

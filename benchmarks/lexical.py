@@ -1,4 +1,4 @@
-"""WiC benchmark and study runner (semhooks.lexical).
+"""WiC benchmark and study runner (semhooks.studies.lexical).
 
 Benchmark (default): WiC dev (638 pairs) on SmolLM2-135M, all layers, all four input variants.
 
@@ -34,8 +34,9 @@ import numpy as np
 import torch
 
 import semhooks
-from semhooks.datasets import WiCItem, load_wic
-from semhooks.lexical import (
+from semhooks.data.loaders import WiCItem, load_wic
+from semhooks.extraction.spans import char_span_to_positions
+from semhooks.studies.lexical import (
     VARIANTS,
     WiCResult,
     choose_threshold,
@@ -44,7 +45,6 @@ from semhooks.lexical import (
     wic_study,
     wic_vectors,
 )
-from semhooks.spans import char_span_to_positions
 
 RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results"
 

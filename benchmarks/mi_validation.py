@@ -1,7 +1,7 @@
 """Validate the MI estimators on correlated Gaussians with known mutual information.
 
 For every estimator, dimension (16, 64, 576) and true MI (0 = independent, 0.5, 1, 2, 4,
-8 bits) this fits a fresh estimator on ``n`` pairs from :func:`semhooks.mi.correlated_gaussians`
+8 bits) this fits a fresh estimator on ``n`` pairs from :func:`semhooks.estimators.mi.correlated_gaussians`
 and prints the estimate, the error and the fit time, first as plain text and then as a
 markdown table for the README.
 
@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 import torch
 
-from semhooks.mi import (
+from semhooks.estimators.mi import (
     MINE,
     GaussianMI,
     InfoNCE,

@@ -99,7 +99,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from relations import DEFAULT_ACCURACY_RELATIONS, randomized_fits, valid_prompts  # noqa: E402
 
 from semhooks import load_model  # noqa: E402
-from semhooks.model import SMOLLM2_GGUF, adapt, cache_dir, dequantised_dir  # noqa: E402
+from semhooks.backend.adapter import SMOLLM2_GGUF, adapt, cache_dir, dequantised_dir  # noqa: E402
 from semhooks.relations.jacobian import mean_jacobian  # noqa: E402
 from semhooks.relations.lrc import LRC  # noqa: E402
 from semhooks.relations.prompts import (  # noqa: E402

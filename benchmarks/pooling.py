@@ -1,4 +1,4 @@
-"""Pooling study runner (semhooks.probing.pooling_study): the README's layer x pooling figures.
+"""Pooling study runner (semhooks.studies.probing.pooling_study): the README's layer x pooling figures.
 
 For SmolLM2-135M (every 3rd layer and the last) and all-MiniLM-L6-v2 (all 6 layers), two
 studies, each from one token-level extraction pass:
@@ -24,8 +24,8 @@ import numpy as np
 import torch
 
 import semhooks
-from semhooks.datasets import TextClassificationDataset, load_sentiment, load_sst2
-from semhooks.probing import PoolingResult, pooling_study
+from semhooks.data.loaders import TextClassificationDataset, load_sentiment, load_sst2
+from semhooks.studies.probing import PoolingResult, pooling_study
 
 RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results"
 MODELS = {

@@ -49,7 +49,11 @@ def worker_throughput(n_texts: int, threads: int, out_dir: str) -> None:
     import torch
 
     import semhooks as sh
-    from semhooks.distributed import all_gather_object, extract_states_distributed, launch_info
+    from semhooks.extraction.distributed import (
+        all_gather_object,
+        extract_states_distributed,
+        launch_info,
+    )
 
     torch.set_num_threads(threads)
     model = sh.load_model("smollm2-135m")

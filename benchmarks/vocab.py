@@ -1,4 +1,4 @@
-"""Vocabulary-defined semantics: benchmark and study runner (semhooks.vocab, semhooks.calibration).
+"""Vocabulary-defined semantics: benchmark and study runner (semhooks.studies.vocab, semhooks.studies.calibration).
 
 Benchmark (default), SmolLM2-135M (W_U [576, 49,152], tied embeddings):
   - the semantic basis of all 49,152 tokens: Gram route (s_i = G^-1 u_i, float64 Cholesky
@@ -37,9 +37,20 @@ import numpy as np
 import torch
 
 import semhooks
-from semhooks.calibration import CalibrationResult, calibration_study, plot_results, results_table
-from semhooks.datasets import TextClassificationDataset, load_sentiment, load_sst2
-from semhooks.vocab import basis_report, label_basis, semantic_basis, semantic_logits, vocab_lens
+from semhooks.data.loaders import TextClassificationDataset, load_sentiment, load_sst2
+from semhooks.studies.calibration import (
+    CalibrationResult,
+    calibration_study,
+    plot_results,
+    results_table,
+)
+from semhooks.studies.vocab import (
+    basis_report,
+    label_basis,
+    semantic_basis,
+    semantic_logits,
+    vocab_lens,
+)
 
 RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results"
 SENTIMENT = ["negative", "positive"]

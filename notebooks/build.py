@@ -129,9 +129,9 @@ direction of equal norm, and greedy generations under the intervention.
 """),
     code("""
 import numpy as np, semhooks as sh
-from semhooks.directions import MeanDifference
+from semhooks.estimators.directions import MeanDifference
 from semhooks.interventions import Steer, Ablate
-from semhooks.steering import steering_curve, generate
+from semhooks.studies.steering import steering_curve, generate
 model = sh.load_model("smollm2-135m")
 pos = ["I loved this movie; it was wonderful.", "What a delightful, beautiful day.", "The food was excellent."]
 neg = ["I hated this movie; it was awful.", "What a miserable, ugly day.", "The food was terrible."]
@@ -193,7 +193,7 @@ vocabulary lens, and semantic calibration (Gu et al. 2024).
 """),
     code("""
 import torch, semhooks as sh
-from semhooks import vocab
+from semhooks.studies import vocab
 model = sh.load_model("smollm2-135m")
 ids, toks = vocab.label_token_ids(model, ["positive", "negative"])
 basis = vocab.semantic_basis(model, ids)
@@ -206,7 +206,7 @@ lens = vocab.vocab_lens(model, ["The capital of France is"], layers=[10, 20, 25,
 print(lens.table())
 """),
     code("""
-from semhooks.calibration import calibration_study
+from semhooks.studies.calibration import calibration_study
 train = sh.load_sst2("train_sample").subsample(120, 0)
 test = sh.load_sst2("dev").subsample(60, 0)
 res = calibration_study(model, train, test, ["negative", "positive"], k_shot=2, icl_limit=20, progress=False)
@@ -250,11 +250,11 @@ notebook(
 
 IE(l, t) = MI(macro) - mean MI(micro) per block and position (Chen et al. 2024), with the
 ceiling log2(#distinct inputs) beside every estimate. The Gaussian estimator keeps this fast;
-MINE and InfoNCE are in `semhooks.mi`.
+MINE and InfoNCE are in `semhooks.estimators.mi`.
 """),
     code("""
 import semhooks as sh
-from semhooks.emergence import entity_lists, information_emergence
+from semhooks.studies.emergence import entity_lists, information_emergence
 model = sh.load_model("smollm2-135m")
 lists = entity_lists(k=5, n=200, model=model)
 res = information_emergence(model, lists, "gaussian", layers=[0, 5, 10, 15, 20, 25, 29],
@@ -263,7 +263,7 @@ print(res.table())
 res.plot();
 """),
     code("""
-from semhooks.mi import GaussianMI, correlated_gaussians
+from semhooks.estimators.mi import GaussianMI, correlated_gaussians
 x, y, true_bits = correlated_gaussians(2000, 16, 2.0, seed=0)
 print("true", true_bits, "Gaussian estimate", GaussianMI().fit(x, y).mi_)
 """),

@@ -1,4 +1,7 @@
-"""``semhooks list | run | show``: the recipe commands of the ``semhooks`` CLI.
+"""The installed ``semhooks`` command: the library's commands plus ``list | run | show``.
+
+:func:`main` is the console-script entry point: :func:`semhooks.cli.build_parser` extended
+with the recipe commands (the library never imports :mod:`recipes`; the recipes build on it).
 
 Exit codes: 0 success, 2 bad usage or config (one line naming the key and what was
 expected), 1 the run failed, 130 interrupted.
@@ -9,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -95,3 +99,21 @@ def add_recipe_commands(sub: Any) -> None:
     p.add_argument("dir")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_show)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full ``semhooks`` parser: library commands and recipe commands."""
+    from semhooks.cli import build_parser as library_parser
+
+    return library_parser(extend=add_recipe_commands)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``semhooks`` command."""
+    from semhooks.cli import main as run
+
+    return run(argv, parser=build_parser())
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

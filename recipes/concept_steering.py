@@ -69,9 +69,9 @@ def concept_steering(config: ConceptSteeringConfig, ctx: RunContext) -> dict[str
     import numpy as np
 
     import semhooks as sh
-    from semhooks.directions import MeanDifference
+    from semhooks.estimators.directions import MeanDifference
     from semhooks.interventions import Steer
-    from semhooks.steering import generate, steering_curve
+    from semhooks.studies.steering import generate, steering_curve
 
     texts = list(config.positive) + list(config.negative)
     states = ctx.cached_states(

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from semhooks.artifacts import atomic_write_json, atomic_write_text, now_iso
+from semhooks.io.artifacts import atomic_write_json, atomic_write_text, now_iso
 
 
 class ConfigError(ValueError):
@@ -322,7 +322,7 @@ COMMON_DEFINITIONS = (
 def ci95(value: float, n: int) -> list[float]:
     """95% Wilson interval ``[low, high]`` of a proportion ``value`` measured on ``n`` items
     (``value * n`` is rounded to the nearest count of successes)."""
-    from semhooks.probing import wilson_interval
+    from semhooks.studies.probing import wilson_interval
 
     n = int(n)
     successes = min(n, max(0, round(float(value) * n)))
@@ -396,8 +396,8 @@ class RunContext:
         """Everything that decides artifact ``name``: the recipe (its config class), the
         whole config (but ``progress``), the model's fingerprint (name, weights, tokenizer)
         and the semhooks version. A cached artifact is reused only under the same key."""
-        from semhooks.artifacts import semhooks_version
-        from semhooks.fingerprint import model_fingerprint
+        from semhooks.io.artifacts import semhooks_version
+        from semhooks.io.fingerprint import model_fingerprint
 
         if self._model_key is None:
             self._model_key = model_fingerprint(self.model)
@@ -426,8 +426,8 @@ class RunContext:
         removed before an artifact is replaced and written after, so a run killed in
         between leaves no key (recompute), never a key beside another run's artifact.
         """
-        from semhooks.artifacts import ArtifactError
-        from semhooks.fingerprint import content_sha256, file_sha256
+        from semhooks.io.artifacts import ArtifactError
+        from semhooks.io.fingerprint import content_sha256, file_sha256
 
         path = self.artifacts / f"{name}{suffix}"
         key_path = self.artifacts / f"{name}.key.json"
@@ -449,7 +449,7 @@ class RunContext:
 
     def cached_states(self, name: str, compute: Callable[[], Any]) -> Any:
         """A LayerStates artifact (see :meth:`cached`)."""
-        from semhooks.states import LayerStates
+        from semhooks.extraction.states import LayerStates
 
         return self.cached(name, compute, lambda v, p: v.save(p), LayerStates.load)
 

@@ -41,7 +41,7 @@ def emergence_profile(config: EmergenceProfileConfig, ctx: RunContext) -> dict[s
     """Information emergence (Chen et al. 2024): IE per layer and position, with ceilings."""
     import numpy as np
 
-    from semhooks.emergence import (
+    from semhooks.studies.emergence import (
         EmergenceResult,
         entity_lists,
         information_emergence,

@@ -22,7 +22,7 @@ class LexicalLayersConfig(RecipeConfig):
 
 def _check(config: LexicalLayersConfig, ctx: RunContext) -> None:
     import semhooks as sh
-    from semhooks.lexical import VARIANTS
+    from semhooks.studies.lexical import VARIANTS
 
     bad = [v for v in config.variants if v not in VARIANTS]
     if bad:
@@ -39,7 +39,7 @@ def _check(config: LexicalLayersConfig, ctx: RunContext) -> None:
 @register("lexical-layers", LexicalLayersConfig, check=_check)
 def lexical_layers(config: LexicalLayersConfig, ctx: RunContext) -> dict[str, Any]:
     """WiC per layer (Liu et al. 2024): where lexical semantics peaks, decoder vs encoder."""
-    from semhooks.lexical import WiCResult, wic_study
+    from semhooks.studies.lexical import WiCResult, wic_study
 
     def study(model: Any) -> WiCResult:
         return wic_study(

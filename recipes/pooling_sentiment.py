@@ -26,7 +26,7 @@ class PoolingSentimentConfig(RecipeConfig):
 
 
 def _dataset(name: str, n: int | None, seed: int) -> Any:
-    from semhooks.datasets import load_sentiment
+    from semhooks.data.loaders import load_sentiment
 
     data = load_sentiment("sst2-train_sample" if name == "sst2-train" else name)
     return data.subsample(n, seed) if n is not None and n < len(data) else data
@@ -39,7 +39,7 @@ def _default_layers(n_layers: int) -> list[int]:
 
 def _check(config: PoolingSentimentConfig, ctx: RunContext) -> None:
     import semhooks as sh
-    from semhooks.probing import POOLINGS
+    from semhooks.studies.probing import POOLINGS
 
     bad = [p for p in config.poolings if p not in POOLINGS]
     if bad:
@@ -60,7 +60,7 @@ def _check(config: PoolingSentimentConfig, ctx: RunContext) -> None:
 def pooling_sentiment(config: PoolingSentimentConfig, ctx: RunContext) -> dict[str, Any]:
     """Pooling x layer probe accuracy on sentiment (Xing et al. 2024), with transfer."""
     import semhooks as sh
-    from semhooks.probing import PoolingResult, pooling_study
+    from semhooks.studies.probing import PoolingResult, pooling_study
 
     layers = config.layers or _default_layers(sh.adapt(ctx.model).n_layers)
 

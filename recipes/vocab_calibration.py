@@ -20,7 +20,7 @@ class VocabCalibrationConfig(RecipeConfig):
 
 
 def _split(name: str, n_train: int, n_test: int, seed: int) -> tuple[Any, Any]:
-    from semhooks.datasets import load_sentiment
+    from semhooks.data.loaders import load_sentiment
 
     if name == "sst2":
         train = load_sentiment("sst2-train_sample").subsample(n_train, seed)
@@ -34,7 +34,7 @@ def _split(name: str, n_train: int, n_test: int, seed: int) -> tuple[Any, Any]:
 
 
 def _check(config: VocabCalibrationConfig, ctx: RunContext) -> None:
-    from semhooks.vocab import label_token_ids
+    from semhooks.studies.vocab import label_token_ids
 
     try:
         label_token_ids(ctx.model, config.label_words)
@@ -50,7 +50,7 @@ def _check(config: VocabCalibrationConfig, ctx: RunContext) -> None:
 @register("vocab-calibration", VocabCalibrationConfig, check=_check)
 def vocab_calibration(config: VocabCalibrationConfig, ctx: RunContext) -> dict[str, Any]:
     """Semantic calibration (Gu et al. 2024) beside zero-shot, ICL, kNN and logistic probes."""
-    from semhooks.calibration import calibration_study
+    from semhooks.studies.calibration import calibration_study
 
     results = {}
     for name in config.datasets:

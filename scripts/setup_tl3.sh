@@ -45,7 +45,7 @@ from importlib.metadata import version
 
 from transformer_lens import HookedTransformer  # noqa: F401  (fails loudly if 4.x got in)
 
-import semhooks.hooked as hooked
+import semhooks.backend.hooked as hooked
 
 assert hooked.hooked_transformer_available()
 print(

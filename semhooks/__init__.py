@@ -6,12 +6,11 @@ vocabulary-defined semantics, linear relational concepts, interventions along di
 and information emergence.
 """
 
-__version__ = "0.1.0"
-
-from semhooks import datasets, relations
-from semhooks.artifacts import ArtifactError
-from semhooks.calibration import SemanticCalibrator, calibration_study
-from semhooks.datasets import (
+from semhooks import compat, relations
+from semhooks.backend.adapter import ModelAdapter, Tokenized, adapt, cache_dir, load_model
+from semhooks.backend.hooked import hooked_transformer_from_hf, is_hooked_transformer
+from semhooks.data import loaders as datasets  # the old name of semhooks.data.loaders
+from semhooks.data.loaders import (
     TextClassificationDataset,
     WiCItem,
     load_entities,
@@ -19,11 +18,12 @@ from semhooks.datasets import (
     load_sst2,
     load_wic,
 )
-from semhooks.directions import MeanDifference, PCADirection, ProbeDirection
-from semhooks.distributed import extract_states_distributed, merge_shards
-from semhooks.emergence import EmergenceResult, entity_lists, information_emergence
-from semhooks.guards import FiniteGuard, NonFiniteError, guard_finite
-from semhooks.hooked import hooked_transformer_from_hf, is_hooked_transformer
+from semhooks.estimators.directions import MeanDifference, PCADirection, ProbeDirection
+from semhooks.estimators.mi import MINE, GaussianMI, InfoNCE
+from semhooks.extraction.distributed import extract_states_distributed, merge_shards
+from semhooks.extraction.pooling import AttentionPooler, pool
+from semhooks.extraction.spans import SpanNotFoundError, Spans, char_span, find_span
+from semhooks.extraction.states import LayerStates, ShardedStates, extract_states, select_tokens
 from semhooks.interventions import (
     Ablate,
     Clamp,
@@ -36,16 +36,16 @@ from semhooks.interventions import (
     placebo,
     random_control,
 )
-from semhooks.lexical import WiCResult, wic_study
-from semhooks.mi import MINE, GaussianMI, InfoNCE
-from semhooks.model import ModelAdapter, Tokenized, adapt, cache_dir, load_model
-from semhooks.pooling import AttentionPooler, pool
-from semhooks.probing import PoolingResult, pooling_study
+from semhooks.interventions.guards import FiniteGuard, NonFiniteError, guard_finite
+from semhooks.io.artifacts import ArtifactError
 from semhooks.relations import LRC, LRE, Concept
-from semhooks.spans import SpanNotFoundError, Spans, char_span, find_span
-from semhooks.states import LayerStates, ShardedStates, extract_states, select_tokens
-from semhooks.steering import SteeringCurve, generate, steering_curve
-from semhooks.vocab import semantic_basis, semantic_logits, vocab_lens
+from semhooks.studies.calibration import SemanticCalibrator, calibration_study
+from semhooks.studies.emergence import EmergenceResult, entity_lists, information_emergence
+from semhooks.studies.lexical import WiCResult, wic_study
+from semhooks.studies.probing import PoolingResult, pooling_study
+from semhooks.studies.steering import SteeringCurve, generate, steering_curve
+from semhooks.studies.vocab import semantic_basis, semantic_logits, vocab_lens
+from semhooks.version import __version__ as __version__
 
 __all__ = [
     "LRC",
@@ -114,3 +114,15 @@ __all__ = [
     "steering_curve",
     "wic_study",
 ]
+
+# Old flat module paths (semhooks.states, semhooks.model, ...) stay importable, deprecated.
+compat.install()
+
+
+def __getattr__(name: str):
+    """``semhooks.states`` and the other old submodule attributes, through :mod:`semhooks.compat`."""
+    if f"{__name__}.{name}" in compat.MOVED_MODULES:
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,7 +1,12 @@
 """The ``semhooks`` command.
 
 ``semhooks summary``  per-layer summary of a model's states (norms, anisotropy, logit lens).
-Recipes add ``list``, ``run`` and ``show`` (see :mod:`recipes`).
+``semhooks cache``    show or clear semhooks' cache folder.
+
+The installed ``semhooks`` command is :func:`recipes.cli.main`: these commands plus the
+recipe commands ``list``, ``run`` and ``show``. This module never imports :mod:`recipes`
+(the library sits below its recipes); ``python -m semhooks.cli`` runs the library's
+commands alone.
 
 Exit codes: 0 success, 2 bad usage (including a model that cannot be loaded), 1 a failed
 run, 130 interrupted; output cut short by a closed pipe (``semhooks show DIR --json | head``)
@@ -13,7 +18,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -66,7 +72,7 @@ def _cmd_summary(args: argparse.Namespace) -> int:
 
 
 def _cmd_cache(args: argparse.Namespace) -> int:
-    from semhooks.model import cache_dir, cache_report, clear_cache
+    from semhooks.backend.adapter import cache_dir, cache_report, clear_cache
 
     if args.action == "clear":
         freed = clear_cache()
@@ -89,7 +95,10 @@ same way), and, for decoders, the logit-lens top token of the first text
 model loads and that its layers look sane before running a recipe."""
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(
+    extend: Callable[[Any], None] | None = None,
+) -> argparse.ArgumentParser:
+    """The command-line parser; ``extend(subparsers)`` adds more commands (the recipes')."""
     parser = argparse.ArgumentParser(
         prog="semhooks",
         description=__doc__.splitlines()[0],
@@ -114,12 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("action", choices=["info", "clear"], nargs="?", default="info")
     p.set_defaults(func=_cmd_cache)
-    try:
-        from recipes.cli import add_recipe_commands
-    except ImportError:
-        pass
-    else:
-        add_recipe_commands(sub)
+    if extend is not None:
+        extend(sub)
     return parser
 
 
@@ -127,8 +132,11 @@ EXIT_USAGE = 2
 EXIT_BROKEN_PIPE = 141
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+def main(
+    argv: Sequence[str] | None = None, *, parser: argparse.ArgumentParser | None = None
+) -> int:
+    """Run one command; ``parser`` defaults to :func:`build_parser` (the library's commands)."""
+    parser = parser or build_parser()
     args = parser.parse_args(argv)
     try:
         code = int(args.func(args))

@@ -19,7 +19,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from semhooks.artifacts import atomic_write_bytes
+from semhooks.io.artifacts import atomic_write_bytes
 
 __all__ = ["heatmap", "layer_curves", "new_figure", "save_figure"]
 

@@ -201,7 +201,7 @@ def tiny_model(
     hf, tok = tiny_hf_model(arch, seed, n_layers, d_model, vocab_size)
     name = f"tiny-{arch}"
     if backend == "hooked":
-        from semhooks.hooked import hooked_transformer_from_hf
+        from semhooks.backend.hooked import hooked_transformer_from_hf
 
         if arch != "llama":
             raise ValueError("tiny_model(backend='hooked') supports arch='llama' only")

@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from semhooks.model import leaked_hooks, seen_models
+from semhooks.backend.adapter import leaked_hooks, seen_models
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 # No global warning filters here: pyproject.toml turns every semhooks warning into an error
@@ -63,7 +63,7 @@ def smollm2():
 def smollm2_hooked():
     """SmolLM2 as a TransformerLens 3.x HookedTransformer (skipped under TL 4.x)."""
     from semhooks import load_model
-    from semhooks.hooked import hooked_transformer_available
+    from semhooks.backend.hooked import hooked_transformer_available
 
     if not hooked_transformer_available():
         pytest.skip("HookedTransformer needs TransformerLens 3.x (make tl3)")
@@ -84,7 +84,7 @@ def minilm():
 @pytest.fixture(scope="session")
 def hooked_llama():
     """A tiny HookedTransformer (TransformerLens 3.x only; skipped under 4.x)."""
-    from semhooks.hooked import hooked_transformer_available
+    from semhooks.backend.hooked import hooked_transformer_available
     from semhooks.testing import tiny_model
 
     if not hooked_transformer_available():
@@ -107,7 +107,7 @@ def private_basis_cache(request, tmp_path, monkeypatch):
     if request.node.get_closest_marker("real"):
         yield
         return
-    from semhooks import vocab
+    from semhooks.studies import vocab
 
     monkeypatch.setenv("SEMHOOKS_CACHE", str(tmp_path / "cache"))
     vocab._GRAM_CACHE.clear()

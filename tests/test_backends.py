@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import semhooks as sh
-from semhooks.model import leaked_hooks
+from semhooks.backend.adapter import leaked_hooks
 
 pytestmark = pytest.mark.backend
 
@@ -70,7 +70,7 @@ def test_no_hook_left_after_a_failing_hook(any_backend_llama):
 
 @pytest.mark.real
 def test_smollm2_hooked_backend_answers_paris(smollm2):
-    from semhooks.hooked import hooked_transformer_available
+    from semhooks.backend.hooked import hooked_transformer_available
 
     if not hooked_transformer_available():
         pytest.skip("HookedTransformer needs TransformerLens 3.x")

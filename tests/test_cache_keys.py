@@ -18,8 +18,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import semhooks as sh
-from semhooks.fingerprint import corpus_sha256, weights_sha256
-from semhooks.states import FolderLockedError, folder_lock
+from semhooks.extraction.states import FolderLockedError, folder_lock
+from semhooks.io.fingerprint import corpus_sha256, weights_sha256
 from semhooks.testing import tiny_model
 
 TEXTS = [f"{w} number {i} is here." for i, w in enumerate(["Bat", "Fox", "Owl", "Ant"] * 15)]
@@ -106,9 +106,9 @@ def test_bad_shard_size_is_a_clear_error(tiny_llama, tmp_path, size):
     """Before: 0 raised ZeroDivisionError and -1 returned an empty result."""
     with pytest.raises(ValueError, match="shard_size must be"):
         _sharded(tiny_llama, tmp_path / "s", shard_size=size)
-    from semhooks.distributed import extract_states_distributed
+    from semhooks.extraction.distributed import DistributedError, extract_states_distributed
 
-    with pytest.raises(sh.distributed.DistributedError, match="shard_size must be"):
+    with pytest.raises(DistributedError, match="shard_size must be"):
         extract_states_distributed(
             tiny_llama, TEXTS, tmp_path / "d", shard_size=size, progress=False
         )
@@ -219,8 +219,8 @@ def test_recipe_cache_is_keyed_by_the_config(tmp_path):
 
 def test_emergence_cache_is_keyed_by_the_estimator(tmp_path, monkeypatch):
     """Before: estimator=mine after gaussian reported the Gaussian numbers captioned 'mine'."""
-    from semhooks import emergence
-    from semhooks.mi import MINE
+    from semhooks.estimators.mi import MINE
+    from semhooks.studies import emergence
 
     real = emergence.information_emergence
 

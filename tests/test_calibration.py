@@ -1,4 +1,4 @@
-"""SemanticCalibrator and the calibration study (semhooks.calibration)."""
+"""SemanticCalibrator and the calibration study (semhooks.studies.calibration)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from sklearn.metrics import adjusted_rand_score
 from sklearn.model_selection import cross_val_score
 
 from semhooks import adapt
-from semhooks.artifacts import ArtifactError
-from semhooks.calibration import (
+from semhooks.data.loaders import TextClassificationDataset
+from semhooks.io.artifacts import ArtifactError
+from semhooks.studies.calibration import (
     SemanticCalibrator,
     _ResidualAdapter,
     calibration_study,
@@ -22,7 +23,6 @@ from semhooks.calibration import (
     results_table,
     semantic_predict,
 )
-from semhooks.datasets import TextClassificationDataset
 
 pytestmark = pytest.mark.usefixtures("private_basis_cache")
 
@@ -291,7 +291,7 @@ SST2_TRAIN_N, SST2_TEST_N, SST2_MARGIN = 1000, 200, 0.03
 @pytest.mark.real
 @pytest.mark.slow
 def test_calibration_beats_zero_shot_on_sst2(smollm2):
-    from semhooks.datasets import load_sst2
+    from semhooks.data.loaders import load_sst2
 
     train = load_sst2("train_sample", limit=SST2_TRAIN_N, seed=0)
     test = load_sst2("dev", limit=SST2_TEST_N, seed=0)

@@ -9,7 +9,7 @@ from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 
 from semhooks import ArtifactError, extract_states
-from semhooks.directions import MeanDifference, PCADirection, ProbeDirection
+from semhooks.estimators.directions import MeanDifference, PCADirection, ProbeDirection
 from semhooks.interventions import Steer
 
 

@@ -17,8 +17,8 @@ import pytest
 import torch
 
 import semhooks as sh
-from semhooks import distributed as dist_mod
-from semhooks.distributed import (
+from semhooks.extraction import distributed as dist_mod
+from semhooks.extraction.distributed import (
     DistributedError,
     extract_states_distributed,
     merge_shards,
@@ -252,7 +252,7 @@ _WORKER = textwrap.dedent(
     import json, sys, torch
     torch.set_num_threads(1)
     import semhooks as sh
-    from semhooks.distributed import extract_states_distributed, launch_info
+    from semhooks.extraction.distributed import extract_states_distributed, launch_info
     from semhooks.testing import tiny_model
 
     out, ref_dir, result_path = sys.argv[1], sys.argv[2], sys.argv[3]
@@ -262,7 +262,7 @@ _WORKER = textwrap.dedent(
         factory, texts, out, tokens="all", pool="mean", shard_size=4, progress=False
     )
     info = launch_info()
-    from semhooks.distributed import fit_lre_distributed
+    from semhooks.extraction.distributed import fit_lre_distributed
     from semhooks.relations.lre import LRE
     from semhooks.relations.prompts import RelationPrompt
 

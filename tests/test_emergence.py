@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from semhooks.emergence import (
+from semhooks.backend.adapter import adapt
+from semhooks.estimators.mi import MINE, GaussianMI
+from semhooks.studies.emergence import (
     EmergencePairs,
     EmergenceResult,
     EntityLists,
@@ -21,8 +23,6 @@ from semhooks.emergence import (
     information_emergence,
     make_estimator,
 )
-from semhooks.mi import MINE, GaussianMI
-from semhooks.model import adapt
 
 WORDS = (
     "The capital of France is Paris Germany Berlin Italy Rome and Spain Madrid loved this "

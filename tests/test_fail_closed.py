@@ -20,6 +20,7 @@ import pytest
 import torch
 
 import semhooks as sh
+from semhooks.io.artifacts import read_metadata
 
 INVISIBLE = ["\u200b", "\u200b\u200c\u200d", "\ufeff", "\x00\x01", "\u2060 \u200b", "\x7f\t"]
 
@@ -160,12 +161,12 @@ def test_metadata_that_is_not_an_object_is_an_artifact_error(tmp_path, doc):
     with pytest.raises(sh.ArtifactError, match=r"s\.safetensors is not a semhooks artifact"):
         sh.LayerStates.load(path)
     with pytest.raises(sh.ArtifactError, match=r"s\.safetensors is not a semhooks artifact"):
-        sh.artifacts.read_metadata(path)
+        read_metadata(path)
 
 
 def test_emergence_result_load_fails_closed(tmp_path):
     """Before: a safetensors file given to EmergenceResult.load raised UnicodeDecodeError."""
-    from semhooks.emergence import EmergenceResult
+    from semhooks.studies.emergence import EmergenceResult
 
     binary = tmp_path / "states.safetensors"
     _states().save(binary)
@@ -191,7 +192,7 @@ def test_a_killed_save_leaves_no_temporary_file_after_the_next_save(tmp_path):
     script = textwrap.dedent(
         f"""
         import os, signal
-        from semhooks import artifacts
+        from semhooks.io import artifacts
         with artifacts.atomic_path({str(target)!r}) as tmp:
             tmp.write_bytes(b"x" * 100_000)
             os.kill(os.getpid(), signal.SIGKILL)
@@ -212,7 +213,7 @@ def test_a_killed_save_leaves_no_temporary_file_after_the_next_save(tmp_path):
 @pytest.mark.parametrize("scale", [1e-13, 1e-20, 1e13])
 def test_gaussian_mi_does_not_depend_on_the_units(scale):
     """Before: features with std < 1e-12 were treated as constant (MI ~ 0 bits)."""
-    from semhooks.mi import GaussianMI, correlated_gaussians
+    from semhooks.estimators.mi import GaussianMI, correlated_gaussians
 
     x, y, _ = correlated_gaussians(800, 3, 1.0, seed=0)
     x64 = torch.as_tensor(x, dtype=torch.float64)
@@ -250,7 +251,7 @@ CONFIG_FILES = {
 @pytest.mark.parametrize("name", sorted(CONFIG_FILES))
 def test_cli_bad_config_file_is_one_line_exit_2(tmp_path, capsys, no_model_load, name):
     """Before: a TOML syntax error or a JSON list config gave a raw exception and exit 1."""
-    from semhooks.cli import main
+    from recipes.cli import main
 
     content, why = CONFIG_FILES[name]
     path = tmp_path / name
@@ -275,7 +276,7 @@ def test_cli_bad_config_file_is_one_line_exit_2(tmp_path, capsys, no_model_load,
 def test_cli_bad_setting_is_one_line_exit_2(tmp_path, capsys, no_model_load, setting, why):
     """Before: bad --set JSON, max_new_tokens=0 and empty lists gave raw exceptions (exit 1),
     some only after forward passes."""
-    from semhooks.cli import main
+    from recipes.cli import main
 
     code = main(["run", "concept-steering", "--set", setting, "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
@@ -295,7 +296,7 @@ def test_run_recipe_checks_values_before_loading_the_model(tmp_path, no_model_lo
 
 
 def test_cli_show_of_a_damaged_metrics_file_is_one_line(tmp_path, capsys):
-    from semhooks.cli import main
+    from recipes.cli import main
 
     for content in (b"{", b"[1]", b"\xff\xfe"):
         (tmp_path / "metrics.json").write_bytes(content)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from semhooks import adapt, extract_states
-from semhooks import states as states_module
+from semhooks.extraction import states as states_module
 from semhooks.relations.jacobian import CACHE_TOLERANCE, SubjectObjectMap, mean_jacobian
 from semhooks.relations.lre import LRE
 from semhooks.relations.prompts import RelationPrompt

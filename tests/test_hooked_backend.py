@@ -1,7 +1,7 @@
 """HookedTransformer (TransformerLens 3.x) backend: built from a HF Llama, it must equal HF.
 
 Oracle: the same weights run through Hugging Face and through the HookedTransformer built by
-``semhooks.hooked.hooked_transformer_from_hf`` give the same residual stream at every layer
+``semhooks.backend.hooked.hooked_transformer_from_hf`` give the same residual stream at every layer
 and the same logits. Needs TransformerLens 3.x (``scripts/setup_tl3.sh``); under 4.x only the
 tests of the ImportError and of ``is_hooked_transformer`` run.
 
@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import torch
 
-from semhooks.hooked import (
+from semhooks.backend.hooked import (
     hooked_transformer_available,
     hooked_transformer_from_hf,
     is_hooked_transformer,

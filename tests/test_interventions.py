@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from semhooks import adapt, extract_states
+from semhooks.backend.adapter import active_hook_count
 from semhooks.interventions import (
     Ablate,
     Clamp,
@@ -24,7 +25,6 @@ from semhooks.interventions import (
     random_control,
     resolve_positions,
 )
-from semhooks.model import active_hook_count
 
 TEXTS = ["The capital of France is Paris.", "I loved this movie", "The bank of the river"]
 
@@ -38,7 +38,7 @@ def llama(request, tiny_llama):
     same weights (skipped where TransformerLens 3.x is not installed; see .venv-tl3)."""
     if request.param == "bridge":
         return tiny_llama
-    from semhooks.hooked import hooked_transformer_available, hooked_transformer_from_hf
+    from semhooks.backend.hooked import hooked_transformer_available, hooked_transformer_from_hf
 
     if not hooked_transformer_available():
         pytest.skip("no HookedTransformer in this TransformerLens (run in the TL 3.x venv)")

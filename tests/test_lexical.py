@@ -1,4 +1,4 @@
-"""semhooks.lexical: WiC variants, span mapping, one pass per text, z-scoring, thresholds."""
+"""semhooks.studies.lexical: WiC variants, span mapping, one pass per text, z-scoring, thresholds."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import semhooks
-from semhooks.datasets import WiCItem, load_wic
-from semhooks.lexical import (
+from semhooks.data.loaders import WiCItem, load_wic
+from semhooks.studies.lexical import (
     DEFAULT_PROMPT,
     VARIANTS,
     WiCResult,

@@ -1,4 +1,4 @@
-"""Tests for semhooks.mi: known-answer recovery on correlated Gaussians, honesty of the
+"""Tests for semhooks.estimators.mi: known-answer recovery on correlated Gaussians, honesty of the
 reported neural estimate (held-out, last window, not the max), determinism, input errors.
 
 Tolerances were measured on the fixed seeds used here and on other seeds (see the comments
@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from semhooks.mi import (
+from semhooks.estimators.mi import (
     MINE,
     GaussianMI,
     InfoNCE,

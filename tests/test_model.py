@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import semhooks as sh
-from semhooks.model import StopForward, leaked_hooks
+from semhooks.backend.adapter import StopForward, leaked_hooks
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "bert"])
@@ -106,7 +106,7 @@ def test_unknown_hub_model_offline_gives_clear_error(monkeypatch):
 
 @pytest.mark.real
 def test_smollm2_answers_paris_and_matches_hf_hidden_states(smollm2):
-    from semhooks.model import _smollm2_hf
+    from semhooks.backend.adapter import _smollm2_hf
 
     a = sh.adapt(smollm2)
     assert (a.n_layers, a.d_model, a.backend) == (30, 576, "bridge")
@@ -136,7 +136,7 @@ def test_smollm2_answers_paris_and_matches_hf_hidden_states(smollm2):
 def test_minilm_matches_hf_encoder_hidden_states(minilm):
     from transformers import BertModel
 
-    from semhooks.model import _package_folder
+    from semhooks.backend.adapter import _package_folder
 
     a = sh.adapt(minilm)
     assert a.is_encoder and (a.n_layers, a.d_model) == (6, 384)
@@ -179,8 +179,8 @@ def test_multi_device_requests_that_cannot_be_met_are_refused():
 def test_dequantised_weights_are_keyed_by_content_and_the_cache_can_be_cleared(
     tmp_path, monkeypatch, capsys
 ):
+    from semhooks.backend.adapter import _remove_legacy_copies, cache_report, dequantised_dir
     from semhooks.cli import main
-    from semhooks.model import _remove_legacy_copies, cache_report, dequantised_dir
 
     monkeypatch.setenv("SEMHOOKS_CACHE", str(tmp_path / "cache"))
     a, b, c = tmp_path / "a.gguf", tmp_path / "b.gguf", tmp_path / "c.gguf"
@@ -206,7 +206,7 @@ def test_dequantised_weights_are_keyed_by_content_and_the_cache_can_be_cleared(
 def test_provenance_names_a_model_booted_from_a_folder_by_its_short_name(tmp_path):
     """``boot_transformers(folder, ...)`` leaves the folder in cfg.model_name; provenance
     records the model, not a site-packages path."""
-    from semhooks.model import ModelAdapter, _package_folder, short_model_name
+    from semhooks.backend.adapter import ModelAdapter, _package_folder, short_model_name
     from semhooks.testing import tiny_model
 
     model = tiny_model("gpt2")

@@ -11,10 +11,10 @@ import pytest
 from matplotlib.collections import PolyCollection
 from matplotlib.colors import to_rgba
 
-from semhooks.emergence import PROFILE_LINES_MAX, EmergenceResult
-from semhooks.lexical import WiCResult
 from semhooks.plots import heatmap, layer_curves, new_figure
-from semhooks.steering import SteeringCurve
+from semhooks.studies.emergence import PROFILE_LINES_MAX, EmergenceResult
+from semhooks.studies.lexical import WiCResult
+from semhooks.studies.steering import SteeringCurve
 
 
 def legend_texts(ax):
@@ -162,7 +162,7 @@ def test_steering_curve_records_its_control_kind(tiny_llama):
     import torch
 
     from semhooks.interventions import Steer
-    from semhooks.steering import steering_curve
+    from semhooks.studies.steering import steering_curve
 
     v = torch.ones(tiny_llama.cfg.d_model)
     curve = steering_curve(tiny_llama, ["The movie was"], Steer(v, layers=1), [-1, 0, 1], " good")

@@ -1,4 +1,4 @@
-"""semhooks.probing: poolings from one token-level pass, probe study, Wilson intervals."""
+"""semhooks.studies.probing: poolings from one token-level pass, probe study, Wilson intervals."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import semhooks
-from semhooks.datasets import TextClassificationDataset, load_sst2
-from semhooks.probing import (
+from semhooks.data.loaders import TextClassificationDataset, load_sst2
+from semhooks.studies.probing import (
     POOLINGS,
     PoolingResult,
     pooled_features,

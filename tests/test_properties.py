@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import semhooks as sh
-from semhooks.spans import SpanNotFoundError, char_span
+from semhooks.extraction.spans import SpanNotFoundError, char_span
 
 PROPS = settings(
     max_examples=150,

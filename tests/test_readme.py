@@ -51,7 +51,7 @@ def test_python_block_runs_and_prints_what_the_readme_shows(index, tmp_path, mon
 
 
 def test_bash_blocks_name_real_commands():
-    from semhooks.cli import build_parser
+    from recipes.cli import build_parser
 
     parser = build_parser()
     targets = set(re.findall(r"^([\w-]+):", (ROOT / "Makefile").read_text(), re.M))

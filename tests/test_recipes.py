@@ -9,7 +9,7 @@ import re
 import pytest
 
 from recipes import ConfigError, build_config, get_recipe, list_recipes, run_recipe
-from semhooks.cli import main as cli_main
+from recipes.cli import main as cli_main
 
 SMALL = {
     "lexical-layers": {
@@ -354,7 +354,7 @@ def test_lexical_layers_reports_the_layer_chosen_on_the_fit_split(tmp_path):
 
 
 def test_pooling_selection_uses_cross_validation_not_the_evaluation_set():
-    from semhooks.probing import PoolingResult
+    from semhooks.studies.probing import PoolingResult
 
     rows = [
         {"eval_set": "dev", "layer": 0, "pooling": "mean", "accuracy": 0.9, "n": 50,
@@ -435,7 +435,7 @@ def test_cli_show_json_into_a_closed_pipe_ends_quietly(tmp_path):
     big = {f"metric_{i}": float(i) for i in range(20_000)}  # well beyond a pipe buffer
     doc = {"recipe": "x", "config": {"model": "m"}, "seconds": 1.0, "metrics": {"summary": big}}
     (run / "metrics.json").write_text(json.dumps(doc))
-    cmd = f"'{sys.executable}' -m semhooks.cli show '{run}' --json | head -n 2"
+    cmd = f"'{sys.executable}' -m recipes.cli show '{run}' --json | head -n 2"
     proc = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=300)
     assert proc.stdout.splitlines()[0] == "{"
     assert "Traceback" not in proc.stderr and "BrokenPipeError" not in proc.stderr, proc.stderr

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from semhooks.artifacts import ArtifactError
+from semhooks.io.artifacts import ArtifactError
 from semhooks.relations.evaluation import (
     causal_swap,
     evaluate_relation,

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from semhooks import adapt
-from semhooks.artifacts import ArtifactError
+from semhooks.extraction.spans import SpanNotFoundError
+from semhooks.io.artifacts import ArtifactError
 from semhooks.relations import load
 from semhooks.relations.data import UnknownRelationError
 from semhooks.relations.jacobian import (
@@ -35,7 +36,6 @@ from semhooks.relations.prompts import (
     split,
     validate,
 )
-from semhooks.spans import SpanNotFoundError
 from semhooks.testing import tiny_model
 
 CAPITALS = [

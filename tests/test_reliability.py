@@ -23,10 +23,10 @@ import pytest
 import torch
 
 import semhooks as sh
-from semhooks import artifacts
-from semhooks.guards import FiniteGuard, NonFiniteError, guard_finite
+from semhooks.backend.adapter import leaked_hooks
 from semhooks.interventions import BatchInfo, Steer, current_batch, intervene
-from semhooks.model import leaked_hooks
+from semhooks.interventions.guards import FiniteGuard, NonFiniteError, guard_finite
+from semhooks.io import artifacts
 
 TEXTS = ["The capital of France is Paris.", "I loved this movie", "Bat"]
 
@@ -141,7 +141,7 @@ _KILLED_EXTRACTION = textwrap.dedent(
     import os, signal, sys, torch
     torch.set_num_threads(1)
     import semhooks as sh
-    from semhooks import artifacts
+    from semhooks.io import artifacts
     from semhooks.testing import tiny_model
 
     out = sys.argv[1]
@@ -276,7 +276,7 @@ def test_no_hook_left_after_interrupts_everywhere(any_backend_llama, kind, sigin
     assert leaked_hooks(model) == 0 and torch_hooks(model) == baseline
 
     # 3. greedy generation
-    from semhooks.steering import generate
+    from semhooks.studies.steering import generate
 
     with pytest.raises(expected):
         generate(model, TEXTS[:2], [Steer(v, 1.0, layers=0), (name, _interrupting_hook(kind))], 3)
@@ -545,7 +545,7 @@ def test_same_seed_gives_bit_identical_probes_and_directions(tiny_gpt2):
     import numpy as np
 
     from semhooks import AttentionPooler
-    from semhooks.directions import MeanDifference, PCADirection, ProbeDirection
+    from semhooks.estimators.directions import MeanDifference, PCADirection, ProbeDirection
 
     texts = [f"{w} movie number {i}" for i, w in enumerate(["wonderful", "boring"] * 8)]
     labels = np.array([1, 0] * 8)
@@ -572,7 +572,7 @@ def test_same_seed_gives_bit_identical_probes_and_directions(tiny_gpt2):
 
 
 def test_same_seed_gives_bit_identical_mi_estimates():
-    from semhooks.mi import MINE, GaussianMI, InfoNCE, correlated_gaussians
+    from semhooks.estimators.mi import MINE, GaussianMI, InfoNCE, correlated_gaussians
 
     x, y, _ = correlated_gaussians(400, 4, 1.0, seed=0)
     for make in (

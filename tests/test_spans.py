@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import semhooks as sh
-from semhooks.spans import SpanNotFoundError
+from semhooks.extraction.spans import SpanNotFoundError
 
 
 def covered(batch, positions, row=0):

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import semhooks as sh
-from semhooks.pooling import pool as pool_fn
+from semhooks.extraction.pooling import pool as pool_fn
 
 TEXTS = [
     "The capital of France is Paris.",
@@ -236,7 +236,7 @@ def test_killed_save_leaves_previous_file_intact(tmp_path):
     script = textwrap.dedent(
         f"""
         import os, signal, torch, semhooks as sh
-        from semhooks import artifacts
+        from semhooks.io import artifacts
         st = sh.LayerStates(torch.ones(1, 2, 3), [0], "resid_post", "mean", "last", {{}})
         st.save({str(target)!r})
         print("saved", flush=True)

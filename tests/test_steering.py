@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from semhooks import adapt, extract_states
-from semhooks.directions import MeanDifference
+from semhooks.backend.adapter import active_hook_count
+from semhooks.estimators.directions import MeanDifference
 from semhooks.interventions import Ablate, Steer, intervene
-from semhooks.model import active_hook_count
-from semhooks.steering import SteeringCurve, generate, steering_curve
+from semhooks.studies.steering import SteeringCurve, generate, steering_curve
 
 PROMPTS = ["The capital of France is", "I loved this", "The bank of the"]
 
@@ -25,7 +25,7 @@ def llama(request, tiny_llama):
     same weights (skipped where TransformerLens 3.x is not installed; see .venv-tl3)."""
     if request.param == "bridge":
         return tiny_llama
-    from semhooks.hooked import hooked_transformer_available, hooked_transformer_from_hf
+    from semhooks.backend.hooked import hooked_transformer_available, hooked_transformer_from_hf
 
     if not hooked_transformer_available():
         pytest.skip("no HookedTransformer in this TransformerLens (run in the TL 3.x venv)")

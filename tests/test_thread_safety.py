@@ -15,8 +15,8 @@ import pytest
 import torch
 
 import semhooks as sh
+from semhooks.backend.adapter import ConcurrentUseError
 from semhooks.interventions import Ablate, InterventionError, Patch, Steer, Swap, intervene
-from semhooks.model import ConcurrentUseError
 from semhooks.testing import tiny_model
 
 

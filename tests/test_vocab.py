@@ -1,4 +1,4 @@
-"""Semantic basis, semantic logits and the vocabulary lens (semhooks.vocab)."""
+"""Semantic basis, semantic logits and the vocabulary lens (semhooks.studies.vocab)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from semhooks import adapt, vocab
-from semhooks.vocab import (
+from semhooks import adapt
+from semhooks.studies import vocab
+from semhooks.studies.vocab import (
     SemanticBasis,
     basis_report,
     label_basis,

@@ -1,6 +1,6 @@
 """Bundled datasets (files only) and the helpers that find them inside the installed package.
 
-The loaders live in :mod:`semhooks.datasets` and :mod:`semhooks.relations`; this package only
+The loaders live in :mod:`semhooks.data.loaders` and :mod:`semhooks.relations`; this package only
 holds the files, their license notices (next to the files) and ``SHA256SUMS``. Files are read
 through :mod:`importlib.resources`, so they are found in wheels, editable installs and zips alike.
 """

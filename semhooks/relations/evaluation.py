@@ -33,7 +33,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from semhooks.model import adapt
+from semhooks.backend.adapter import adapt
 from semhooks.relations.data import Relation, load
 from semhooks.relations.lrc import LRC, Concept
 from semhooks.relations.lre import LRE, _check_prompts
@@ -625,7 +625,7 @@ def table_markdown(
     """
     if not results:
         return "(no relations evaluated)"
-    from semhooks.probing import wilson_interval
+    from semhooks.studies.probing import wilson_interval
 
     methods = [r["method"] for r in results[0].rows]
     has_causal = "causality" in results[0].rows[0]

@@ -51,8 +51,8 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from semhooks.backend.adapter import HookFn, ModelAdapter, StopForward, adapt
 from semhooks.errors import FallbackWarning
-from semhooks.model import HookFn, ModelAdapter, StopForward, adapt
 from semhooks.relations.prompts import RelationPrompt, encode_prompts
 
 __all__ = [

@@ -25,8 +25,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from semhooks.artifacts import load_artifact, save_artifact
-from semhooks.model import ModelAdapter, adapt
+from semhooks.backend.adapter import ModelAdapter, adapt
+from semhooks.io.artifacts import load_artifact, save_artifact
 from semhooks.relations.lre import LRE, NotFittedError, _check_prompts
 from semhooks.relations.prompts import RelationPrompt, balanced_subset, prompt_states
 

@@ -24,8 +24,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from semhooks.artifacts import load_artifact, save_artifact
-from semhooks.model import ModelAdapter, adapt
+from semhooks.backend.adapter import ModelAdapter, adapt
+from semhooks.io.artifacts import load_artifact, save_artifact
 from semhooks.relations.jacobian import (
     JacobianResult,
     LowRankJacobian,
@@ -218,7 +218,7 @@ class LRE:
         **provenance: Any,
     ) -> LRE:
         """Store a fitted (mean) Jacobian and bias with their provenance (``fit`` and
-        :func:`semhooks.distributed.fit_lre_distributed` end here)."""
+        :func:`semhooks.extraction.distributed.fit_lre_distributed` end here)."""
         self.weight_ = res.weight.float()
         self.bias_ = res.bias.float()
         self.subject_states_ = res.subject_states

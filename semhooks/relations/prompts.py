@@ -34,10 +34,10 @@ from jaxtyping import Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from semhooks.artifacts import atomic_write_json
-from semhooks.model import ModelAdapter, StopForward, Tokenized, adapt, cache_dir
+from semhooks.backend.adapter import ModelAdapter, StopForward, Tokenized, adapt, cache_dir
+from semhooks.extraction.spans import SpanNotFoundError, char_span, char_span_to_positions
+from semhooks.io.artifacts import atomic_write_json
 from semhooks.relations.data import Relation, RelationSample, load
-from semhooks.spans import SpanNotFoundError, char_span, char_span_to_positions
 
 __all__ = [
     "EncodedPrompts",

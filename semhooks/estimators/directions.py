@@ -28,7 +28,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.exceptions import NotFittedError
 from torch import Tensor
 
-from semhooks.artifacts import load_artifact, save_artifact
+from semhooks.io.artifacts import load_artifact, save_artifact
 
 
 def _as_matrix(X: Any, layer: int | None, who: str) -> tuple[np.ndarray, dict[str, Any]]:

@@ -37,10 +37,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from semhooks.artifacts import ArtifactError, atomic_write_json
-from semhooks.fingerprint import content_sha256, file_sha256
-from semhooks.model import ModelAdapter, load_model
-from semhooks.states import (
+from semhooks.backend.adapter import ModelAdapter, load_model
+from semhooks.extraction.states import (
     ShardedStates,
     TokenSpec,
     _config_difference,
@@ -52,6 +50,8 @@ from semhooks.states import (
     check_shard_size,
     folder_lock,
 )
+from semhooks.io.artifacts import ArtifactError, atomic_write_json
+from semhooks.io.fingerprint import content_sha256, file_sha256
 
 __all__ = [
     "DistributedError",
@@ -433,7 +433,7 @@ def mean_jacobian_distributed(
     """
     import time
 
-    from semhooks.model import adapt
+    from semhooks.backend.adapter import adapt
     from semhooks.relations.jacobian import JacobianResult, mean_jacobian
 
     state = distributed_state(state)
@@ -495,7 +495,7 @@ def fit_lre_distributed(lre: Any, model: Any, prompts: Sequence[Any], state: Any
     a single-process ``fit`` (``method="exact"`` only: the randomized sketch shares one
     set of random probes across prompts and is not split here).
     """
-    from semhooks.model import adapt
+    from semhooks.backend.adapter import adapt
     from semhooks.relations.lre import _check_prompts
 
     if lre.method != "exact":

@@ -40,8 +40,8 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from semhooks.artifacts import ArtifactError, load_artifact, save_artifact
-from semhooks.model import ModelAdapter, adapt, cache_dir
+from semhooks.backend.adapter import ModelAdapter, adapt, cache_dir
+from semhooks.io.artifacts import ArtifactError, load_artifact, save_artifact
 
 __all__ = [
     "BasisReport",
@@ -731,7 +731,7 @@ def vocab_lens(
     Returns:
         A :class:`VocabLensResult` (``.table()``, ``.plot()``, ``.agreement()``).
     """
-    from semhooks.states import extract_states
+    from semhooks.extraction.states import extract_states
 
     adapter = adapt(model)
     if isinstance(texts, str):

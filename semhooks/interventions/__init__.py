@@ -34,7 +34,7 @@ Positions (``positions=``):
 - ``"last"``: the last attended token of each row. The hook learns the attention mask from
   the forward call: inside :func:`intervene` a forward pre-hook on the model reads the
   ``attention_mask=`` keyword of every call (``adapter.forward``, ``extract_states``,
-  :func:`semhooks.steering.generate` and plain ``model(ids, attention_mask=...)`` all pass it).
+  :func:`semhooks.studies.steering.generate` and plain ``model(ids, attention_mask=...)`` all pass it).
   Without a mask (a bare ``run_with_hooks`` in a notebook) ``"last"`` is the final column,
   which is right for unpadded and left-padded batches; for right padding, wrap the call in
   :func:`batch_context` or pass explicit positions.
@@ -43,7 +43,7 @@ Positions (``positions=``):
   Explicit positions are column indices in the padded batch the model runs (exactly what
   ``find_span`` returns for that batch); negative values count from the last column.
 - ``"prompt_only"`` / ``"generated_only"``: columns before / from the prompt length, which
-  :func:`semhooks.steering.generate` (left padding, full forwards) sets for each step.
+  :func:`semhooks.studies.steering.generate` (left padding, full forwards) sets for each step.
 
 Directions may be ``[d_model]`` (every row) or ``[batch, d_model]`` (one per row); they are
 stored in float32 and cast to the activation's device and dtype when the hook runs.
@@ -71,7 +71,7 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from semhooks.model import SITES, adapt
+from semhooks.backend.adapter import SITES, adapt
 
 LayerSpec = Union[int, Sequence[int], str, range, None]
 PositionSpec = Union[str, int, Sequence[int], Sequence[Sequence[int]], Tensor]
@@ -114,7 +114,7 @@ def batch_context(
     """Tell intervention hooks the attention mask and/or prompt length of the next forwards.
 
     Only needed when calling ``model.run_with_hooks`` yourself on a right-padded batch (for
-    ``positions="last"``) or outside :func:`semhooks.steering.generate` with
+    ``positions="last"``) or outside :func:`semhooks.studies.steering.generate` with
     ``"prompt_only"``/``"generated_only"``; :func:`intervene` captures the mask itself.
     """
     old = _BATCH.get()
@@ -243,7 +243,7 @@ def _data_to_tensor(x: Any) -> Any:
     if isinstance(x, dict) and "__tensor__" in x:
         return torch.tensor(x["__tensor__"], dtype=getattr(torch, x.get("dtype", "float32")))
     if isinstance(x, dict) and "__layer_states__" in x:
-        from semhooks.states import LayerStates
+        from semhooks.extraction.states import LayerStates
 
         return LayerStates(**{k: _data_to_tensor(v) for k, v in x["__layer_states__"].items()})
     if isinstance(x, list):

@@ -31,6 +31,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
+from semhooks.version import __version__
+
 FORMAT_VERSION = 1
 _META_KEY = "semhooks"
 
@@ -40,8 +42,6 @@ class ArtifactError(ValueError):
 
 
 def semhooks_version() -> str:
-    from semhooks import __version__
-
     return __version__
 
 
@@ -276,7 +276,7 @@ def load_artifact(
                 "with them"
             )
     if model is not None:
-        from semhooks.model import adapt
+        from semhooks.backend.adapter import adapt
 
         check_compatible(
             meta,

@@ -30,7 +30,7 @@ requested positions; and one pass over the *distinct* tokens fed alone -- a micr
 depends only on the token id, so each distinct token is encoded once and indexed per sample.
 
 Estimation (:func:`estimate_emergence`): one MI fit per (block, position) for the macro term
-and per (block, token slot) for the micro term, with any estimator of :mod:`semhooks.mi`
+and per (block, token slot) for the micro term, with any estimator of :mod:`semhooks.estimators.mi`
 (``fit(x, y)`` -> ``mi_`` in bits). States have ``d_model`` = 576 dimensions for SmolLM2 and
 a study has ~2,000 samples, so the states are first reduced by PCA to ``reduce_dim``
 components (default 32): one PCA per depth, fit on every sample that enters an MI fit at that
@@ -76,10 +76,10 @@ from matplotlib.figure import Figure
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from semhooks.artifacts import ArtifactError, atomic_write_json, read_json
-from semhooks.datasets import load_entities, load_sentiment
-from semhooks.mi import MINE, GaussianMI, InfoNCE
-from semhooks.model import ModelAdapter, StopForward, Tokenized, adapt
+from semhooks.backend.adapter import ModelAdapter, StopForward, Tokenized, adapt
+from semhooks.data.loaders import load_entities, load_sentiment
+from semhooks.estimators.mi import MINE, GaussianMI, InfoNCE
+from semhooks.io.artifacts import ArtifactError, atomic_write_json, read_json
 from semhooks.plots import heatmap, new_figure, save_figure
 
 __all__ = [
@@ -104,7 +104,7 @@ ESTIMATOR_PRESETS: dict[str, dict[str, Any]] = {
     # One fit on 2,000 pairs of 32 dimensions costs about 1 s of CPU time (one thread), so a
     # 30-block study of a few hundred fits takes minutes. Chosen on correlated Gaussians
     # (d = 32, n = 2000, true MI 0 / 2 / 6 bits): MINE gives 0.0 / 0.9 / 2.8 bits, InfoNCE
-    # -0.05 / 0.5 / 2.3 bits. Both underestimate large MI; the semhooks.mi defaults (2,000
+    # -0.05 / 0.5 / 2.3 bits. Both underestimate large MI; the semhooks.estimators.mi defaults (2,000
     # steps) get closer (MINE: 2.8 bits for 4 true at d = 32) at ~10x the cost.
     "mine": {
         "hidden": 128,
@@ -145,7 +145,7 @@ def make_estimator(name: str, seed: int = 0) -> Any:
         return GaussianMI()
     raise ValueError(
         f"unknown estimator {name!r}; use 'mine', 'infonce', 'gaussian' or an estimator "
-        "instance with fit(x, y) and mi_ (e.g. semhooks.mi.MINE(max_steps=1000))"
+        "instance with fit(x, y) and mi_ (e.g. semhooks.estimators.mi.MINE(max_steps=1000))"
     )
 
 
@@ -254,7 +254,7 @@ def entity_lists(
     Args:
         k: entities per list.
         n: number of lists, or None for all permutations.
-        entities: the pool (default: :func:`semhooks.datasets.load_entities`, 60 nouns).
+        entities: the pool (default: :func:`semhooks.data.loaders.load_entities`, 60 nouns).
         separator: the string after each entity.
         model: when given, keep only entities that are one token in context for its
             tokenizer (at the start of a list and after a separator), so that entity ``j``
@@ -321,7 +321,7 @@ def natural_sentences(
 ) -> list[str]:
     """``n`` distinct natural sentences with at least ``min_tokens`` content tokens.
 
-    Drawn (seeded) from the bundled sentiment corpora (:func:`semhooks.datasets.load_sentiment`;
+    Drawn (seeded) from the bundled sentiment corpora (:func:`semhooks.data.loaders.load_sentiment`;
     default: SST-2 train sample and dev, UCI Amazon, Yelp and IMDB). With
     ``positions=range(1, min_tokens + 1)`` every sentence then has a token at every position.
     """
@@ -855,7 +855,7 @@ def estimate_emergence(
     Returns:
         :class:`EmergenceResult`. Cells whose input takes a single value (a constant token,
         e.g. a separator) have MI exactly 0 and are not fitted; cells the estimator cannot
-        handle (a singular covariance for :class:`~semhooks.mi.GaussianMI`) are NaN with a
+        handle (a singular covariance for :class:`~semhooks.estimators.mi.GaussianMI`) are NaN with a
         warning.
     """
     est = make_estimator(estimator, seed) if isinstance(estimator, str) else estimator

@@ -55,11 +55,11 @@ from jaxtyping import Bool, Float
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from semhooks.datasets import WiCItem, load_wic
-from semhooks.model import adapt
+from semhooks.backend.adapter import adapt
+from semhooks.data.loaders import WiCItem, load_wic
+from semhooks.extraction.spans import char_span_to_positions
+from semhooks.extraction.states import extract_states
 from semhooks.plots import layer_curves, new_figure, save_figure
-from semhooks.spans import char_span_to_positions
-from semhooks.states import extract_states
 
 __all__ = [
     "DEFAULT_PROMPT",
@@ -213,7 +213,7 @@ def wic_vectors(
 
     Args:
         model: a TransformerBridge, HookedTransformer or ModelAdapter.
-        items: WiC pairs (:func:`semhooks.datasets.load_wic`).
+        items: WiC pairs (:func:`semhooks.data.loaders.load_wic`).
         variants: a subset of :data:`VARIANTS`.
         layers: ``"all"`` or layer indices (negatives allowed).
         template: the ``prompt`` variant's template.
@@ -524,7 +524,7 @@ class WiCResult:
     def interval(self, values: Sequence[float]) -> tuple[list[float], list[float]]:
         """95% Wilson intervals ``(low, high)`` of evaluation accuracies (``protocol["n_eval"]``
         pairs each)."""
-        from semhooks.probing import wilson_interval
+        from semhooks.studies.probing import wilson_interval
 
         n = int(self.protocol.get("n_eval") or 0)
         if n < 1:
@@ -854,7 +854,7 @@ def _probe_accuracy(
     cv: int,
     seed: int,
 ) -> float:
-    from semhooks.probing import fit_logistic_probe
+    from semhooks.studies.probing import fit_logistic_probe
 
     if len(np.unique(y_fit)) < 2:
         raise ValueError("the probe needs both labels (T and F) in the fit split")

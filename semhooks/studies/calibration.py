@@ -40,9 +40,9 @@ from sklearn.utils.validation import check_is_fitted
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from semhooks.artifacts import ArtifactError, load_artifact, save_artifact
-from semhooks.model import adapt
-from semhooks.vocab import SemanticBasis, label_basis, unembedding_hash
+from semhooks.backend.adapter import adapt
+from semhooks.io.artifacts import ArtifactError, load_artifact, save_artifact
+from semhooks.studies.vocab import SemanticBasis, label_basis, unembedding_hash
 
 __all__ = [
     "DEFAULT_TEMPLATE",
@@ -83,7 +83,7 @@ def _encode(
 ) -> tuple[dict[int, np.ndarray], np.ndarray | None]:
     """Last-token states per layer (``{layer: [n, d]}``, one forward pass for all of them) and
     the next-token logits of ``label_ids`` (``[n, k]``) when asked."""
-    from semhooks.states import extract_states
+    from semhooks.extraction.states import extract_states
 
     adapter = adapt(model)
     wanted = adapter.resolve_layers(list(layers))
@@ -224,8 +224,8 @@ class SemanticCalibrator(ClassifierMixin, TransformerMixin, BaseEstimator):
     ``loss = CE(cos(a(h), s_c) / temperature, y)``; ``predict(h) = argmax_c cos(a(h), s_c)``.
 
     Args:
-        basis: the label words' basis, a :class:`semhooks.vocab.SemanticBasis` (from
-            :func:`semhooks.vocab.label_basis`) or ``[n_labels, d_model]`` vectors. Row ``c``
+        basis: the label words' basis, a :class:`semhooks.studies.vocab.SemanticBasis` (from
+            :func:`semhooks.studies.vocab.label_basis`) or ``[n_labels, d_model]`` vectors. Row ``c``
             is class ``c``. :meth:`from_model` builds it from label words.
         temperature: divides the cosine logits in the loss (and in ``predict_proba``).
         hidden_mult: adapter width ``hidden_mult * d_model``.
@@ -337,7 +337,7 @@ class SemanticCalibrator(ClassifierMixin, TransformerMixin, BaseEstimator):
         if x.shape[1] != d_model:
             raise ValueError(
                 f"states have width {x.shape[1]} but the label basis has d_model={d_model}; "
-                "use states of the model the basis came from (semhooks.calibration."
+                "use states of the model the basis came from (semhooks.studies.calibration."
                 "prompt_states(model, texts))"
             )
         if x.shape[0] == 0:
@@ -614,7 +614,7 @@ class CalibrationResult:
     def table(self) -> str:
         """Markdown table: method, accuracy with its 95% Wilson interval over the test items,
         ARI, test items, seconds."""
-        from semhooks.probing import wilson_interval
+        from semhooks.studies.probing import wilson_interval
 
         lines = [
             f"**{self.dataset}** ({self.model}, layer {self.layer}, label words "
@@ -777,7 +777,7 @@ def calibration_study(
     Rows 1-2 read the model's output and do not depend on ``layer``.
 
     Args:
-        train, test: :class:`semhooks.datasets.TextClassificationDataset` (``texts``,
+        train, test: :class:`semhooks.data.loaders.TextClassificationDataset` (``texts``,
             ``labels`` in ``0..k-1``, ``name``); label ``c`` is ``label_words[c]``.
         label_words: one word per class; the first token of ``label_template.format(w)``.
         layer: one layer, or several (one forward pass serves them all).
@@ -902,6 +902,6 @@ def semantic_predict(
     states: Float[np.ndarray, "n d_model"], basis: SemanticBasis | Tensor | np.ndarray
 ) -> np.ndarray:
     """Index of the nearest basis row (by cosine) for each state: zero-shot semantic labels."""
-    from semhooks.vocab import semantic_logits
+    from semhooks.studies.vocab import semantic_logits
 
     return semantic_logits(torch.as_tensor(np.asarray(states)), basis).argmax(-1).numpy()

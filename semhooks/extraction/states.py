@@ -27,14 +27,17 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from semhooks.artifacts import (
+from semhooks.backend.adapter import ModelAdapter, StopForward, Tokenized, adapt
+from semhooks.extraction.pooling import POOLS, pool, scores_for
+from semhooks.extraction.spans import Spans
+from semhooks.io.artifacts import (
     ArtifactError,
     atomic_write_json,
     load_artifact,
     read_metadata,
     save_artifact,
 )
-from semhooks.fingerprint import (
+from semhooks.io.fingerprint import (
     content_sha256,
     corpus_sha256,
     file_sha256,
@@ -42,9 +45,6 @@ from semhooks.fingerprint import (
     pool_weights_sha256,
     selection_sha256,
 )
-from semhooks.model import ModelAdapter, StopForward, Tokenized, adapt
-from semhooks.pooling import POOLS, pool, scores_for
-from semhooks.spans import Spans
 
 TokenSpec = Any  # "last" | "first" | "all" | Spans | list[str] | callable | list[int | list[int]]
 
@@ -262,8 +262,8 @@ class LayerStates:
         ``attention_mask`` (or nothing), every attended token counts as content, so
         ``"all"`` includes BOS (and ``"last"`` a BERT's ``[SEP]``): that case warns.
         """
+        from semhooks.backend.adapter import SITES
         from semhooks.errors import SemhooksWarning
-        from semhooks.model import SITES
 
         if site not in SITES:
             raise ValueError(f"unknown site {site!r}; choose one of {sorted(SITES)}")
@@ -334,7 +334,7 @@ def _checked_fields(
     path: str | os.PathLike[str], tensors: dict[str, Tensor], meta: dict[str, Any]
 ) -> tuple[Any, ...]:
     """LayerStates fields from an artifact, after checking the metadata fits the tensors."""
-    from semhooks.model import SITES
+    from semhooks.backend.adapter import SITES
 
     def bad(what: str) -> ArtifactError:
         return ArtifactError(f"{path} is not valid LayerStates: {what}")
@@ -843,7 +843,7 @@ def _shard_config(
     tokenizer (``model_sha256``), the texts, the token selection as applied to them, the
     pooling weights, layers, site, pooling, truncation and the semhooks version.
     """
-    from semhooks.artifacts import semhooks_version
+    from semhooks.io.artifacts import semhooks_version
 
     weights = None
     if how == "weighted":

@@ -123,7 +123,7 @@ def tokenizer_sha256(tokenizer: Any) -> str:
 
 def model_fingerprint(model: Any) -> dict[str, Any]:
     """What identifies a model's behaviour: name, layout, BOS convention, weights, tokenizer."""
-    from semhooks.model import adapt
+    from semhooks.backend.adapter import adapt
 
     a = adapt(model)
     return {
@@ -142,10 +142,10 @@ def selection_sha256(selector: Any, texts: Sequence[str]) -> str:
     """sha256 of a token selection as applied to ``texts``.
 
     ``selector`` is what ``states._as_selector`` returns: a word (``"last"``...), a
-    :class:`~semhooks.spans.Spans` (its source is resolved on every text, so a callable
+    :class:`~semhooks.extraction.spans.Spans` (its source is resolved on every text, so a callable
     is keyed by what it returns) or one explicit position list per text.
     """
-    from semhooks.spans import Spans
+    from semhooks.extraction.spans import Spans
 
     if isinstance(selector, str):
         return content_sha256({"word": selector})
@@ -171,7 +171,7 @@ def pool_weights_sha256(
     on a fixed seeded probe batch at every layer (another callable, or the same one with
     other weights, gives other scores).
     """
-    from semhooks.pooling import AttentionPooler
+    from semhooks.extraction.pooling import AttentionPooler
 
     if pool_weights is None:
         return None

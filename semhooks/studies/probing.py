@@ -40,11 +40,11 @@ from jaxtyping import Bool
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from semhooks.datasets import TextClassificationDataset
-from semhooks.model import ModelAdapter, adapt
+from semhooks.backend.adapter import ModelAdapter, adapt
+from semhooks.data.loaders import TextClassificationDataset
+from semhooks.extraction.pooling import POOLS, AttentionPooler
+from semhooks.extraction.states import LayerStates, extract_states
 from semhooks.plots import heatmap, new_figure, save_figure
-from semhooks.pooling import POOLS, AttentionPooler
-from semhooks.states import LayerStates, extract_states
 
 __all__ = [
     "POOLINGS",

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Union
 
-from semhooks.model import Tokenized
+from semhooks.backend.adapter import Tokenized
 
 Occurrence = Union[Literal["first", "last"], int]
 SpanPart = Literal["all", "first", "last"]

@@ -181,7 +181,7 @@ class ModelAdapter:
             )
         self.model = model
         cls = type(model).__name__
-        from semhooks.hooked import is_hooked_transformer
+        from semhooks.backend.hooked import is_hooked_transformer
 
         self.backend: str = "hooked" if is_hooked_transformer(model) else "bridge"
         cfg = model.cfg
@@ -243,7 +243,7 @@ class ModelAdapter:
         return hashlib.sha1(key.encode()).hexdigest()[:12]
 
     def provenance(self, **extra: Any) -> dict[str, Any]:
-        from semhooks.artifacts import now_iso, semhooks_version
+        from semhooks.io.artifacts import now_iso, semhooks_version
 
         return {
             "model": self.name,
@@ -698,7 +698,7 @@ def dequantised_dir(gguf: Path) -> Path:
     """Where the float weights dequantised from ``gguf`` are kept: keyed by the GGUF file's
     content (sha256), so every environment on the machine shares one copy and another file
     never reuses it. ``semhooks cache info`` / ``semhooks cache clear`` show and remove it."""
-    from semhooks.fingerprint import file_sha256
+    from semhooks.io.fingerprint import file_sha256
 
     return cache_dir() / "weights" / f"smollm2-135m-{file_sha256(gguf)[:16]}"
 
@@ -854,7 +854,7 @@ def _placement(backend: str, device: str | None, kwargs: dict[str, Any]) -> dict
     if device_map is not None and device is not None:
         raise ValueError("device and device_map are mutually exclusive: pass one")
     if device_map is None:
-        from semhooks.hooked import check_n_devices
+        from semhooks.backend.hooked import check_n_devices
 
         check_n_devices(int(n_devices), "cuda")
         device_map = "balanced"
@@ -929,7 +929,7 @@ def load_model(
         object.__setattr__(bridge, "_semhooks_name", name)
         return bridge
     if backend == "hooked":
-        from semhooks.hooked import hooked_transformer_from_hf
+        from semhooks.backend.hooked import hooked_transformer_from_hf
 
         n_devices = int(kwargs.pop("n_devices", None) or 1)
         model = hooked_transformer_from_hf(

@@ -40,7 +40,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from semhooks.model import SITES, adapt
+from semhooks.backend.adapter import SITES, adapt
 
 __all__ = ["FiniteGuard", "NonFiniteError", "NonFiniteReport", "guard_finite"]
 

@@ -26,13 +26,13 @@ from matplotlib.figure import Figure
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from semhooks.backend.adapter import adapt
 from semhooks.interventions import (
     Intervention,
     intervene,
     placebo,
     random_control,
 )
-from semhooks.model import adapt
 from semhooks.plots import new_figure, save_figure
 
 

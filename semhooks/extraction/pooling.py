@@ -155,7 +155,7 @@ class AttentionPooler:
 
     def fit(self, token_states: Any, labels: Any) -> AttentionPooler:
         """Fit on a ``LayerStates`` with ``pool=None`` (one row per token) and item labels."""
-        from semhooks.states import LayerStates
+        from semhooks.extraction.states import LayerStates
 
         if not isinstance(token_states, LayerStates) or token_states.item_index is None:
             raise ValueError("AttentionPooler.fit needs LayerStates from extract_states(pool=None)")

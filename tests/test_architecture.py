@@ -1,0 +1,176 @@
+"""The package's shape: no import cycle, no reach into another module's private names, small modules.
+
+Read from the source with :mod:`ast` (nothing is imported), so a cycle hidden in a function-level
+import counts as much as one at the top of a module. Imports under ``if TYPE_CHECKING:`` are
+annotations only and do not count.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "semhooks"
+MAX_LINES = 600
+
+
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(PACKAGE.parent).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+MODULES = {_module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def _is_type_checking(node: ast.If) -> bool:
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def _imports(path: Path) -> list[tuple[str, list[str], int]]:
+    """``(module, imported names, line)`` for every semhooks import outside TYPE_CHECKING."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    here = _module_name(path)
+    package = here if path.name == "__init__.py" else here.rpartition(".")[0]
+    found: list[tuple[str, list[str], int]] = []
+
+    def visit(node: ast.AST) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and _is_type_checking(child):
+                for sub in child.orelse:
+                    visit(sub)
+                continue
+            if isinstance(child, ast.ImportFrom):
+                base = child.module or ""
+                if child.level:
+                    anchor = package.split(".")[: len(package.split(".")) - child.level + 1]
+                    base = ".".join([*anchor, base] if base else anchor)
+                if base == "semhooks" or base.startswith("semhooks."):
+                    names = [a.name for a in child.names]
+                    for name in names:  # "from semhooks.x import submodule"
+                        if f"{base}.{name}" in MODULES:
+                            found.append((f"{base}.{name}", [], child.lineno))
+                    found.append((base, names, child.lineno))
+            elif isinstance(child, ast.Import):
+                for alias in child.names:
+                    if alias.name.startswith("semhooks"):
+                        found.append((alias.name, [], child.lineno))
+            visit(child)
+
+    visit(tree)
+    return found
+
+
+def _resolve(module: str) -> str | None:
+    while module and module not in MODULES:
+        module = module.rpartition(".")[0]
+    return module or None
+
+
+def _graph() -> dict[str, set[str]]:
+    graph: dict[str, set[str]] = {name: set() for name in MODULES}
+    for name, path in MODULES.items():
+        for target, _, _ in _imports(path):
+            resolved = _resolve(target)
+            # A package importing its own submodules (re-exports) is not a cycle by itself;
+            # importing a package runs its __init__, so a child importing its parent package
+            # counts as an edge to the parent.
+            if resolved and resolved != name:
+                graph[name].add(resolved)
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    out: list[list[str]] = []
+    counter = 0
+
+    def strong(v: str) -> None:
+        nonlocal counter
+        index[v] = low[v] = counter
+        counter += 1
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                strong(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                out.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            strong(v)
+    return out
+
+
+def _is_parent_package(a: str, b: str) -> bool:
+    return b.startswith(a + ".")
+
+
+def test_no_import_cycles():
+    graph = _graph()
+    # A package __init__ that re-exports its children, and a child that imports a sibling
+    # through the package, is the normal shape of a package: drop parent -> child edges.
+    pruned = {v: {w for w in ws if not _is_parent_package(v, w)} for v, ws in graph.items()}
+    cycles = _cycles(pruned)
+    assert not cycles, "import cycles among semhooks modules:\n" + "\n".join(
+        " <-> ".join(c) for c in cycles
+    )
+
+
+def test_no_import_of_another_modules_private_names():
+    bad = []
+    for path in MODULES.values():
+        for target, names, line in _imports(path):
+            for imported in names:
+                if imported.startswith("_") and not imported.startswith("__"):
+                    bad.append(
+                        f"{path.relative_to(PACKAGE.parent)}:{line} imports {imported} from {target}"
+                    )
+    assert not bad, "\n".join(bad)
+
+
+def test_the_semhooks_package_never_imports_recipes():
+    bad = []
+    for path in MODULES.values():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "recipes":
+                bad.append(f"{path.name}:{node.lineno}")
+            if isinstance(node, ast.Import) and any(
+                a.name.split(".")[0] == "recipes" for a in node.names
+            ):
+                bad.append(f"{path.name}:{node.lineno}")
+    assert not bad, bad
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_module_size(name):
+    lines = MODULES[name].read_text(encoding="utf-8").count("\n")
+    assert lines <= MAX_LINES, f"{name} has {lines} lines (at most {MAX_LINES}): split it by idea"
+
+
+def test_the_architecture_test_sees_a_planted_cycle():
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
