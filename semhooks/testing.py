@@ -213,5 +213,7 @@ def tiny_model(
             warnings.simplefilter("ignore")
             model = TransformerBridge.boot_transformers(name, hf_model=hf, tokenizer=tok)
     model.eval()
-    object.__setattr__(model, "_semhooks_name", name)
+    from semhooks.backend.state import model_state
+
+    model_state(model).name = name
     return model

