@@ -8,8 +8,8 @@ and information emergence.
 
 from semhooks import compat, relations
 from semhooks.backend.adapter import ModelAdapter, Tokenized, adapt, cache_dir
-from semhooks.backend.loading import load_model
 from semhooks.backend.hooked import hooked_transformer_from_hf, is_hooked_transformer
+from semhooks.backend.loading import load_model
 from semhooks.data import loaders as datasets  # the old name of semhooks.data.loaders
 from semhooks.data.loaders import (
     TextClassificationDataset,

@@ -38,7 +38,6 @@ KNOWN_LARGE = {
     "semhooks.extraction.states": 1043,
     "semhooks.interventions": 1100,
     "semhooks.relations.evaluation": 774,
-    "semhooks.relations.jacobian": 601,
     "semhooks.studies.calibration": 907,
     "semhooks.studies.emergence": 1357,
     "semhooks.studies.lexical": 862,

@@ -129,4 +129,5 @@ def move_hook_last(module: torch.nn.Module, handle: Any) -> None:
     """Run the forward hook behind ``handle`` after every other forward hook of ``module``
     (PyTorch runs a module's forward hooks in insertion order). A no-op when it is gone."""
     with contextlib.suppress(AttributeError, KeyError):
-        module._forward_hooks.move_to_end(handle.id)
+        # An OrderedDict at runtime (typed as a dict in torch's stubs).
+        module._forward_hooks.move_to_end(handle.id)  # type: ignore[attr-defined]

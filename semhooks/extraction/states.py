@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import socket
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -263,6 +262,7 @@ class LayerStates:
         ``"all"`` includes BOS (and ``"last"`` a BERT's ``[SEP]``): that case warns.
         """
         from semhooks.backend.adapter import SITES
+        from semhooks.backend.sites import layers_in
         from semhooks.errors import SemhooksWarning
 
         if site not in SITES:
@@ -270,9 +270,7 @@ class LayerStates:
         keys = list(cache.keys())
         pattern = SITES[site]
         if layers == "all":
-            regex = re.compile(re.escape(pattern).replace(r"\{layer\}", r"(\d+)") + "$")
-            found = sorted(int(m.group(1)) for k in keys if (m := regex.match(k)) and m.groups())
-            layer_list = found if site != "embed" else [0]
+            layer_list = layers_in(keys, site) if site != "embed" else [0]
         else:
             layer_list = [int(x) for x in layers]  # type: ignore[union-attr]
         if not layer_list:

@@ -58,7 +58,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import re
 import threading
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
@@ -71,12 +70,12 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from semhooks.backend.adapter import SITES, adapt
+from semhooks.backend.adapter import adapt
+from semhooks.backend.sites import hook_layer, layers_in, site_hook_name
 
 LayerSpec = Union[int, Sequence[int], str, range, None]
 PositionSpec = Union[str, int, Sequence[int], Sequence[Sequence[int]], Tensor]
 POSITION_WORDS = ("all", "last", "prompt_only", "generated_only")
-_LAYER_RE = re.compile(r"blocks\.(\d+)\.")
 
 
 class InterventionError(ValueError):
@@ -636,8 +635,7 @@ def resolve_positions(
 
 
 def _layer_of(hook: Any) -> int | None:
-    m = _LAYER_RE.match(str(getattr(hook, "name", "") or ""))
-    return int(m.group(1)) if m else None
+    return hook_layer(str(getattr(hook, "name", "") or ""))
 
 
 # ---------------------------------------------------------------------- the interventions
@@ -815,15 +813,9 @@ class Patch(Intervention):
             return list(self.source.layers)
         if isinstance(self.source, Tensor):
             return None
-        pattern = re.compile(re.escape(SITES[self.site]).replace(r"\{layer\}", r"(\d+)") + "$")
-        out = []
-        for k in self.source.keys():
-            if isinstance(k, int):
-                out.append(k)
-            elif (m := pattern.match(str(k))) is not None and m.groups():
-                out.append(int(m.group(1)))
-            elif self.site == "embed" and str(k) == SITES["embed"]:
-                out.append(0)
+        keys = list(self.source.keys())
+        out = [k for k in keys if isinstance(k, int)]
+        out += layers_in([k for k in keys if not isinstance(k, int)], self.site)
         return sorted(set(out)) or None
 
     def _layer_list(self, model: Any) -> list[int]:
@@ -857,7 +849,7 @@ class Patch(Intervention):
         # The bridge reports canonical hook names (blocks.3.hook_out) while caches and users
         # use TransformerLens names (blocks.3.hook_resid_post): match on site and layer first.
         if layer is not None:
-            wanted = SITES[self.site].format(layer=layer)
+            wanted = site_hook_name(self.site, layer)
             if wanted in keys:
                 return self.source[wanted]
         name = getattr(hook, "name", None)

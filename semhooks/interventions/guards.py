@@ -31,7 +31,6 @@ integer tensors (token ids). Cost: one ``isfinite(...).all()`` per hook point pe
 from __future__ import annotations
 
 import contextlib
-import re
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -40,17 +39,12 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from semhooks.backend.adapter import SITES, adapt
+from semhooks.backend.adapter import adapt
+from semhooks.backend.sites import parse_hook_name, site_hook_name
 
 __all__ = ["FiniteGuard", "NonFiniteError", "NonFiniteReport", "guard_finite"]
 
 OnNonFinite = Literal["raise", "record", "warn"]
-_LAYER_RE = re.compile(r"blocks\.(\d+)\.")
-_SITE_RES = [
-    (site, re.compile(re.escape(pattern).replace(r"\{layer\}", r"\d+") + "$"))
-    for site, pattern in SITES.items()
-    if site != "embed"
-]
 _MAX_LISTED = 8
 
 
@@ -133,7 +127,8 @@ class _Watched:
 def _canonical(names: list[str]) -> str:
     """The name to report for a hook point with aliases: a semhooks site name if any."""
     for name in names:
-        if any(rx.match(name) for _, rx in _SITE_RES):
+        parsed = parse_hook_name(name)
+        if parsed.site is not None and parsed.style == "transformer_lens":
             return name
     return names[0]
 
@@ -247,7 +242,7 @@ class FiniteGuard:
                 wanted = set()
                 for layer in range(adapter.n_layers):
                     for site in ("resid_pre", "attn_out", "resid_mid", "mlp_out", "resid_post"):
-                        name = SITES[site].format(layer=layer)
+                        name = site_hook_name(site, layer)
                         if name in hook_dict:
                             wanted.add(name)
             else:
@@ -266,14 +261,13 @@ class FiniteGuard:
             if wanted is not None and not wanted & set(names):
                 continue
             name = _canonical(names)
-            m = _LAYER_RE.match(name)
             out.append(
                 (
                     hp,
                     _Watched(
                         name,
                         tuple(n for n in names if n != name),
-                        int(m.group(1)) if m else None,
+                        parse_hook_name(name).layer,
                         any(fragment in n for n in names for fragment in self.allow_inf),
                     ),
                 )
@@ -357,14 +351,13 @@ class FiniteGuard:
         to get one report per forward (otherwise only the first is kept).
         """
         self._tokenizer = getattr(model, "tokenizer", None)
-        # TransformerBridge refuses hooks on points it has switched off (use_hook_mlp_in...).
-        gate = getattr(model, "_gated_hook_reason", None)
+        watch = self._watch_list(model)
+        adapter = adapt(model)
         pairs = []
-        for hp, watched in self._watch_list(model):
-            if callable(gate):
-                with contextlib.suppress(Exception):
-                    if gate(getattr(hp, "name", None) or watched.name) is not None:
-                        continue
+        for hp, watched in watch:
+            # TransformerBridge refuses hooks on points it has switched off (use_hook_mlp_in...).
+            if adapter.hook_gated_reason(getattr(hp, "name", None) or watched.name) is not None:
+                continue
 
             def fn(activation: Tensor, hook: Any = None, _w: _Watched = watched) -> None:
                 self.check(activation, _w)
@@ -379,6 +372,7 @@ class FiniteGuard:
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"guard_finite needs a torch model, got {type(model).__name__}")
         watch = self._watch_list(model)
+        adapter = adapt(model)
         self._tokenizer = getattr(model, "tokenizer", None)
         handles: list[tuple[Any, Any]] = []
 
@@ -387,8 +381,7 @@ class FiniteGuard:
             self.new_forward(kwargs.get("attention_mask"), ids if isinstance(ids, Tensor) else None)
             # Run after every other hook at each point: check what the model goes on to read.
             for hp, handle in handles:
-                with contextlib.suppress(AttributeError, KeyError):
-                    hp._forward_hooks.move_to_end(handle.id)
+                adapter.move_hook_last(hp, handle)
 
         output = _Watched("output", (), None, False)
 

@@ -38,7 +38,6 @@ handful of tokens, and the batched products already vectorise the work.
 
 from __future__ import annotations
 
-import copy
 import time
 import warnings
 import weakref
@@ -69,14 +68,14 @@ __all__ = [
 Aggregation = Literal["mean", "first"]
 # Relative error allowed between the KV-cached and the full forward's object state.
 CACHE_TOLERANCE = 1e-4
-_WARNED: weakref.WeakSet[ModelAdapter] = weakref.WeakSet()
+_WARNED: weakref.WeakSet[Any] = weakref.WeakSet()  # models warned about
 
 
 def _warn_once(adapter: ModelAdapter, message: str) -> None:
     """A :class:`~semhooks.errors.FallbackWarning`, once per model."""
-    if adapter in _WARNED:
+    if adapter.model in _WARNED:
         return
-    _WARNED.add(adapter)
+    _WARNED.add(adapter.model)
     warnings.warn(message, FallbackWarning, stacklevel=4)
 
 
@@ -247,14 +246,9 @@ class SubjectObjectMap:
         if self.s_hook != self.o_hook:
             hooks.insert(0, (self.s_hook, put))
         if prep.cache is not None:
-            adapter.forward_on_cache(ids, copy.deepcopy(prep.cache), hooks)
+            adapter.forward_on_cache(ids, adapter.copy_kv_cache(prep.cache), hooks)
         else:
-            mask = torch.ones_like(ids)
-            try:
-                with adapter.hooks(hooks):
-                    adapter.model(ids.to(adapter.device), attention_mask=mask.to(adapter.device))
-            except StopForward:
-                pass
+            adapter.run_differentiable(ids, torch.ones_like(ids), hooks)
         if "o" not in found:  # pragma: no cover - a model whose hooks did not fire
             raise RuntimeError(
                 f"hook {self.o_hook} did not fire on {adapter.name}; cannot read the object state"
@@ -478,8 +472,7 @@ def reference_jacobian(
         hooks: list[tuple[str, HookFn]] = [(fmap.s_hook, put)]
         if fmap.s_hook != fmap.o_hook:
             hooks.append((fmap.o_hook, take))
-        with adapter.hooks(hooks):
-            adapter.model(ids, attention_mask=mask)
+        adapter.run_differentiable(ids, mask, hooks)
         return found["o"].to(torch.float32)
 
     s_in = s0.detach().clone().to(torch.float32)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import time
 import warnings
+import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -158,22 +159,27 @@ def _hash_matrix(w: Tensor) -> str:
     return h.hexdigest()[:16]
 
 
+# model -> (W_U storage key, hash): the hash of a model's W_U until its weights change.
+_WU_HASHES: weakref.WeakKeyDictionary[Any, tuple[Any, str]] = weakref.WeakKeyDictionary()
+
+
 def unembedding_hash(w_u: Any) -> str:
     """First 16 hex digits of the SHA-256 of ``W_U``'s float32 bytes (``W_U^T`` in C order)
     and its shape.
 
-    For a model the hash is remembered on its adapter until the weights change in place.
+    For a model the hash is remembered (beside the model, in a weak dictionary) until the
+    weights change in place.
     """
     w, adapter = _unembedding(w_u)
     if adapter is None:
         return _hash_matrix(w)
     raw = adapter.W_U
     key = (raw.data_ptr(), tuple(raw.shape), raw.stride(), raw._version, str(raw.dtype))
-    memo = getattr(adapter, "_semhooks_wu_hash", None)
+    memo = _WU_HASHES.get(adapter.model)
     if memo is not None and memo[0] == key:
-        return str(memo[1])
+        return memo[1]
     digest = _hash_matrix(w)
-    adapter._semhooks_wu_hash = (key, digest)  # type: ignore[attr-defined]
+    _WU_HASHES[adapter.model] = (key, digest)
     return digest
 
 
@@ -696,19 +702,7 @@ def _logit_lens_top(
     adapter: ModelAdapter, states: Tensor, top_k: int
 ) -> tuple[Tensor, Tensor, str]:
     """Top-k logit-lens tokens of raw residual states ``[n, d]`` (final norm applied)."""
-    if adapter.backend == "bridge" and not adapter.is_encoder:
-        try:
-            from transformer_lens.tools.analysis import logit_readout
-        except ImportError:  # older TransformerLens: no tools.analysis
-            pass
-        else:
-            out = logit_readout(adapter.model, states.to(adapter.device), top_k=top_k)
-            assert out.top_ids is not None
-            return out.top_ids.cpu(), out.values.float().cpu(), "transformer_lens"
-    with torch.no_grad():
-        logits = adapter.unembed(states.to(adapter.device)).float().cpu()
-    top = logits.topk(top_k, dim=-1)
-    return top.indices, top.values, "semhooks"
+    return adapter.logit_lens_top(states, top_k)
 
 
 def vocab_lens(
