@@ -36,7 +36,6 @@ KNOWN_LARGE = {
     "semhooks.data.loaders": 652,
     "semhooks.estimators.mi": 1016,
     "semhooks.extraction.states": 1043,
-    "semhooks.interventions": 1100,
     "semhooks.relations.evaluation": 774,
     "semhooks.studies.calibration": 907,
     "semhooks.studies.emergence": 1357,
