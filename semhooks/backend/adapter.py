@@ -323,6 +323,17 @@ class ModelAdapter:
             return None
         return out
 
+    def logits(
+        self, input_ids: Int[Tensor, "batch pos"], attention_mask: Int[Tensor, "batch pos"]
+    ) -> Float[Tensor, "batch pos vocab"]:
+        """One forward with the attention mask, returning logits: no hooks of its own, the
+        caller's grad mode (what :func:`~semhooks.studies.steering.generate` steps with)."""
+        return self.model(  # type: ignore[no-any-return]
+            input_ids.to(self.device),
+            attention_mask=attention_mask.to(self.device),
+            return_type="logits",
+        )
+
     def run_differentiable(
         self, input_ids: Tensor, attention_mask: Tensor, fwd_hooks: list[tuple[str, HookFn]]
     ) -> Tensor | None:

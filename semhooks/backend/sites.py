@@ -10,6 +10,8 @@ reads both styles, so an intervention or a guard called with either knows where 
 
 from __future__ import annotations
 
+import functools
+import importlib
 import re
 from collections.abc import Iterable
 from typing import Any, Literal, NamedTuple
@@ -62,12 +64,19 @@ class HookSite(NamedTuple):
     style: Literal["transformer_lens", "bridge", "other"]
 
 
+@functools.cache
+def _get_act_name() -> Any:
+    """TransformerLens' ``get_act_name`` (``utilities`` in 4.x, ``utils`` in 3.x)."""
+    for module in ("transformer_lens.utilities", "transformer_lens.utils"):
+        try:
+            return importlib.import_module(module).get_act_name
+        except (ImportError, AttributeError):
+            continue
+    raise ImportError("this TransformerLens has no get_act_name")
+
+
 def _act_name(site: str, layer: int) -> str:
-    try:  # TransformerLens 4.x
-        from transformer_lens.utilities import get_act_name
-    except ImportError:  # TransformerLens 3.x
-        from transformer_lens.utils import get_act_name
-    return str(get_act_name(site, layer))
+    return str(_get_act_name()(site, layer))
 
 
 def site_hook_name(site: str, layer: int) -> str:

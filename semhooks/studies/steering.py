@@ -29,6 +29,8 @@ from tqdm.auto import tqdm
 from semhooks.backend.adapter import adapt
 from semhooks.interventions import (
     Intervention,
+    Patch,
+    Placebo,
     intervene,
     placebo,
     random_control,
@@ -77,7 +79,7 @@ def generate(
     items = [interventions] if isinstance(interventions, Intervention) else list(interventions)
     with intervene(model, *items, prompt_length=prompt_length), torch.inference_mode():
         for _ in range(max_new_tokens):
-            logits = model(ids, attention_mask=mask, return_type="logits")
+            logits = adapter.logits(ids, mask)
             nxt = logits[:, -1].argmax(-1)
             if eos is not None:
                 nxt = torch.where(done, torch.full_like(nxt, eos), nxt)
@@ -364,8 +366,8 @@ def steering_curve(
 
 
 def _small(iv: Intervention) -> bool:
-    return type(iv).__name__ != "Patch" and not (
-        type(iv).__name__ == "Placebo" and type(getattr(iv, "inner", None)).__name__ == "Patch"
+    return not isinstance(iv, Patch) and not (
+        isinstance(iv, Placebo) and isinstance(iv.inner, Patch)
     )
 
 
