@@ -52,7 +52,7 @@ from semhooks.backend.offline import (
     dequantised_dir,
     short_model_name,
 )
-from semhooks.backend.sites import SITES, Site, parse_hook_name, site_hook_name
+from semhooks.backend.sites import SITES, HookSite, Site, parse_hook_name, site_hook_name
 from semhooks.backend.state import ModelState, model_state
 from semhooks.backend.tokens import Tokenized, tokenize_texts
 from semhooks.version import __version__
@@ -250,7 +250,7 @@ class ModelAdapter:
             yield
 
     @staticmethod
-    def parse_hook_name(name: str) -> Any:
+    def parse_hook_name(name: str) -> HookSite:
         """``(site, layer, style)`` of a hook name in either naming style
         (:func:`~semhooks.backend.sites.parse_hook_name`)."""
         return parse_hook_name(name)

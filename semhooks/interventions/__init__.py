@@ -51,6 +51,12 @@ stored in float32 and cast to the activation's device and dtype when the hook ru
 Controls: :func:`random_control` is the same intervention with a random direction of equal
 norm (seeded); :func:`placebo` keeps the size of the edit at every position and replaces its
 direction with a fixed random one (any intervention, including :class:`Patch`).
+
+Modules: :mod:`~semhooks.interventions.base` (the :class:`Intervention` base class, directions,
+positions), :mod:`~semhooks.interventions.edits` (Steer, Ablate, Clamp, Swap),
+:mod:`~semhooks.interventions.patch`, :mod:`~semhooks.interventions.controls`,
+:mod:`~semhooks.interventions.context` (the batch a hook sees) and
+:mod:`~semhooks.interventions.guards` (NaN/Inf guard); :func:`intervene` lives here.
 """
 
 from __future__ import annotations
