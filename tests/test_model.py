@@ -98,10 +98,34 @@ def test_load_model_passes_user_models_through(tiny_gpt2):
         sh.adapt(torch.nn.Linear(2, 2))
 
 
-def test_unknown_hub_model_offline_gives_clear_error(monkeypatch):
+def test_unknown_hub_model_offline_gives_clear_error_at_once(monkeypatch):
+    import time
+
+    # set after huggingface_hub was imported: semhooks reads it at call time
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(OSError, match="not one of semhooks' offline models"):
+    t0 = time.perf_counter()
+    with pytest.raises(OSError, match="not one of semhooks' offline models.*HF_HUB_OFFLINE"):
         sh.load_model("no-such-org/no-such-model-semhooks")
+    # without the early check huggingface_hub retries five times with back-off (~25 s)
+    assert time.perf_counter() - t0 < 5
+
+
+def test_unresolvable_hub_host_fails_fast_and_says_why(monkeypatch):
+    from semhooks.backend.offline import hub_unreachable_reason
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "https://semhooks-no-such-host.invalid")
+    reason = hub_unreachable_reason("no-such-org/no-such-model-semhooks")
+    assert reason is not None and "semhooks-no-such-host.invalid" in reason
+    with pytest.raises(OSError, match="semhooks-no-such-host.invalid"):
+        sh.load_model("no-such-org/no-such-model-semhooks")
+
+
+def test_a_local_folder_is_never_refused_as_unreachable(tmp_path, monkeypatch):
+    from semhooks.backend.offline import hub_unreachable_reason
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert hub_unreachable_reason(str(tmp_path)) is None
 
 
 @pytest.mark.real

@@ -15,7 +15,13 @@ from typing import Any, Literal
 import torch
 
 from semhooks.backend.adapter import ModelAdapter, adapt
-from semhooks.backend.offline import KNOWN_MODELS, SMOLLM2_GGUF, cache_dir, dequantised_dir
+from semhooks.backend.offline import (
+    KNOWN_MODELS,
+    SMOLLM2_GGUF,
+    cache_dir,
+    dequantised_dir,
+    hub_unreachable_reason,
+)
 from semhooks.backend.state import model_state
 
 __all__ = ["load_model"]
@@ -211,15 +217,20 @@ def load_model(
     else:
         if backend == "hooked":
             raise ValueError("backend='hooked' is supported for smollm2-135m only")
+        unreachable = (
+            f"could not load {name!r}: it is not one of semhooks' offline models {KNOWN_MODELS}"
+        )
+        reason = hub_unreachable_reason(name)
+        if reason is not None:
+            raise OSError(f"{unreachable} and the Hugging Face hub cannot serve it: {reason}")
         from transformer_lens.model_bridge import TransformerBridge
 
         try:
             bridge = TransformerBridge.boot_transformers(name, device=device, **kwargs)
         except OSError as exc:
             raise OSError(
-                f"could not load {name!r}: it is not one of semhooks' offline models {KNOWN_MODELS} "
-                f"and the Hugging Face hub (or its local cache) has no copy reachable from here. "
-                f"Original error: {exc}"
+                f"{unreachable} and the Hugging Face hub (or its local cache) has no copy "
+                f"reachable from here. Original error: {exc}"
             ) from exc
         bridge.eval()
         model_state(bridge).name = name

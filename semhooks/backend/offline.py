@@ -15,6 +15,7 @@ __all__ = [
     "cache_report",
     "clear_cache",
     "dequantised_dir",
+    "hub_unreachable_reason",
     "short_model_name",
 ]
 
@@ -84,3 +85,49 @@ def clear_cache() -> int:
     if root.is_dir():
         shutil.rmtree(root)
     return freed
+
+
+_TRUE = {"1", "true", "yes", "on"}
+
+
+def hub_unreachable_reason(name: str, *, resolve_timeout: float = 3.0) -> str | None:
+    """Why the Hugging Face hub cannot serve ``name`` from here, or ``None`` when it may.
+
+    Asked before a hub download so that an offline machine gets a clear error at once instead
+    of huggingface_hub's five retries with back-off (about 25 s). ``None`` when ``name`` is a
+    local folder or the local Hugging Face cache holds its ``config.json``. Otherwise a reason
+    when ``HF_HUB_OFFLINE`` is set (read now, not at import, so a late ``os.environ`` change
+    counts) or when the hub's host name does not resolve within ``resolve_timeout`` seconds.
+    """
+    import socket
+    import threading
+    from urllib.parse import urlparse
+
+    if os.path.isdir(os.path.expanduser(name)):
+        return None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        if isinstance(try_to_load_from_cache(name, "config.json"), str):
+            return None
+    except Exception:  # a malformed repo id: let the loader itself name the problem
+        return None
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE:
+        return "HF_HUB_OFFLINE is set and the local Hugging Face cache has no copy"
+    host = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname
+    if not host:
+        return None
+    failure: list[str] = []
+
+    def resolve() -> None:
+        try:
+            socket.getaddrinfo(host, 443)
+        except OSError as exc:
+            failure.append(f"{host} does not resolve ({exc})")
+
+    probe = threading.Thread(target=resolve, daemon=True)
+    probe.start()
+    probe.join(resolve_timeout)
+    if probe.is_alive():
+        return f"{host} did not resolve within {resolve_timeout:g} s"
+    return failure[0] if failure else None
