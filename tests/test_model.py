@@ -248,3 +248,52 @@ def test_provenance_names_a_model_booted_from_a_folder_by_its_short_name(tmp_pat
     except ModuleNotFoundError:
         return
     assert short_model_name(str(folder / "model")) == "minilm-l6"
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "bert"])
+def test_logits_at_positions_equal_the_full_forward(arch):
+    from semhooks.interventions import Steer, intervene
+    from semhooks.testing import tiny_model
+
+    model = tiny_model(arch)
+    a = sh.adapt(model)
+    batch = a.tokenize(["one two three four five", "six seven"])
+    positions = [[0, 2, 4], [1]]
+    full = a.forward(batch)
+    assert full is not None
+    got = a.logits_at(batch, positions)
+    for r, pos in enumerate(positions):
+        torch.testing.assert_close(got[r], full[r, pos], rtol=1e-5, atol=1e-5)
+    # an intervention's hooks run before the read-out, as in the full forward
+    steer = Steer(torch.randn(a.d_model), alpha=3.0, layers=[a.n_layers - 1])
+    with intervene(model, steer, attention_mask=batch.attention_mask):
+        full = a.forward(batch)
+    with intervene(model, steer, attention_mask=batch.attention_mask):
+        got = a.logits_at(batch, positions)
+    assert full is not None
+    for r, pos in enumerate(positions):
+        torch.testing.assert_close(got[r], full[r, pos], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="positions for 1 rows"):
+        a.logits_at(batch, [[0]])
+    if not a.is_encoder:  # the fast path: the head sees the chosen rows only, once
+        seen: list[int] = []
+        handle = model.unembed.register_forward_hook(
+            lambda mod, args, out: seen.append(out.reshape(-1, out.shape[-1]).shape[0])
+        )
+        try:
+            a.logits_at(batch, positions)
+        finally:
+            handle.remove()
+        assert seen == [4]
+
+
+@pytest.mark.real
+def test_logits_at_on_smollm2_equal_the_full_forward(smollm2):
+    a = sh.adapt(smollm2)
+    batch = a.tokenize(["The capital of France is", "Paris is the capital of"])
+    positions = [[3, 5], [0, 4]]
+    full = a.forward(batch)
+    assert full is not None
+    got = a.logits_at(batch, positions)
+    for r, pos in enumerate(positions):
+        torch.testing.assert_close(got[r], full[r, pos], rtol=1e-4, atol=1e-4)
