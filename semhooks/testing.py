@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import functools
 import warnings
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
 
-Arch = Literal["llama", "gpt2", "bert"]
+Arch = str  # "llama", "gpt2", "bert", or any name in semhooks.tiny_models.ARCHS
 
 _CORPUS = [
     "The capital of France is Paris. The capital of Germany is Berlin.",
@@ -126,7 +127,20 @@ def tiny_hf_model(
     d_model: int = 64,
     vocab_size: int | None = None,
 ) -> tuple[Any, Any]:
-    """A tiny randomly initialised Hugging Face model and its tokenizer."""
+    """A tiny randomly initialised Hugging Face model and its tokenizer.
+
+    ``arch`` is ``"llama"``, ``"gpt2"``, ``"bert"`` or any family in
+    :data:`semhooks.tiny_models.ARCHS` (``"neox"``, ``"gemma2"``, ``"mixtral"``, ``"roberta"``...).
+    """
+    if arch not in ("llama", "gpt2", "bert"):
+        from semhooks import tiny_models
+
+        if arch not in tiny_models.ARCHS:
+            raise ValueError(f"unknown arch {arch!r}; choose one of {sorted(tiny_models.ARCHS)}")
+        style = tiny_models.ARCHS[arch].tokenizer_style
+        base = tiny_tokenizer("gpt2" if style == "roberta" else style, vocab_size or 400)
+        tok = tiny_models.roberta_tokenizer(base) if style == "roberta" else base
+        return tiny_models.build_hf_model(arch, tok, seed, n_layers, d_model), tok
     from transformers import (
         BertConfig,
         BertForMaskedLM,
@@ -180,7 +194,7 @@ def tiny_hf_model(
         )
         hf = BertForMaskedLM(cfg)
     else:
-        raise ValueError(f"unknown arch {arch!r}; choose 'llama', 'gpt2' or 'bert'")
+        raise ValueError(f"unknown arch {arch!r}")  # pragma: no cover - checked above
     return hf.eval(), tok
 
 
@@ -191,8 +205,13 @@ def tiny_model(
     d_model: int = 64,
     vocab_size: int | None = None,
     backend: Literal["bridge", "hooked"] = "bridge",
+    device_map: Sequence[str] | None = None,
 ) -> Any:
     """A tiny random TransformerLens model (bridge by default) with a local tokenizer.
+
+    ``device_map``: two (or more) devices, e.g. ``["cuda:0", "cuda:1"]`` (``["cpu", "cpu"]``
+    exercises the placement logic alone): the Hugging Face model's layers are split over
+    them by accelerate (:func:`semhooks.tiny_models.dispatch`) before the bridge wraps it.
 
     >>> model = tiny_model("gpt2")
     >>> model.cfg.n_layers
@@ -200,6 +219,12 @@ def tiny_model(
     """
     hf, tok = tiny_hf_model(arch, seed, n_layers, d_model, vocab_size)
     name = f"tiny-{arch}"
+    if device_map is not None:
+        if backend == "hooked":
+            raise ValueError("backend='hooked' places layers with n_devices, not device_map")
+        from semhooks import tiny_models
+
+        hf = tiny_models.dispatch(hf, list(device_map))
     if backend == "hooked":
         from semhooks.backend.hooked import hooked_transformer_from_hf
 
