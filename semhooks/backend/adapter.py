@@ -32,7 +32,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from semhooks.backend import kv
+from semhooks.backend import kv, limits
 from semhooks.backend.hooks import (
     ConcurrentUseError,
     HookFn,
@@ -229,9 +229,8 @@ class ModelAdapter:
     def hook_name(self, site: str, layer: int) -> str:
         """The hook name of ``site`` at ``layer`` on this model (TransformerLens style)."""
         name = site_hook_name(site, layer)
-        hook_dict = getattr(self.model, "hook_dict", None)
-        if hook_dict is not None and name not in hook_dict:
-            raise ValueError(f"{self.name} has no hook {name!r} (site {site!r}, layer {layer})")
+        # Refused by name where the site is missing or means something else (post-LN encoders).
+        limits.check_site(self, site, name, layer)
         return name
 
     def site_depth(self, site: str, layer: int) -> int:
@@ -267,6 +266,8 @@ class ModelAdapter:
         move_hook_last(hook_point, handle)
 
     def require_eval(self) -> None:
+        """Refuse a model in training mode, or a dtype its bridge is known to mishandle."""
+        limits.check_dtype(self)
         if self.model.training:
             raise RuntimeError(
                 f"{self.name} is in training mode (dropout is active, so states are random); "
@@ -466,8 +467,9 @@ class ModelAdapter:
         return ln(x.to(self.device, self.dtype))
 
     def unembed(self, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... vocab"]:
-        """Logits from residual states: final norm, then the model's own unembedding head."""
-        return self.model.unembed(self.final_norm(x))
+        """Logits from residual states: final norm, the model's own unembedding head, then the
+        bridge's post-unembedding transform (Gemma 2's final logit soft cap) where it has one."""
+        return limits.output_transform(self.model, self.model.unembed(self.final_norm(x)))
 
     def logit_lens_top(
         self, states: Float[Tensor, "n d_model"], top_k: int
