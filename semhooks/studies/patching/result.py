@@ -38,8 +38,6 @@ def normalised(
             "the metric is the same on the clean and corrupted runs (mean difference 0); "
             "nothing can be recovered: choose pairs or a metric that tell them apart"
         )
-    shape = (-1,) + (1,) * (patched.ndim - 1)
-    del shape
     return (patched.mean(0) - corrupted.mean()) / gap
 
 
@@ -90,16 +88,21 @@ class PatchingResult:
             for i in idx
         ]
 
-    def compare(self, other: PatchingResult, k: int = 10) -> dict[str, dict[str, float]]:
+    def compare(
+        self, other: PatchingResult, k: int = 10, *, absolute: bool = False
+    ) -> dict[str, dict[str, float]]:
         """Per site: Spearman rank correlation and top-``k`` overlap between two results on
         the same grid (e.g. attribution vs exact). Top-k is by absolute score: the cells that
-        matter most, whichever the sign."""
+        matter most, whichever the sign. ``absolute=True`` correlates magnitudes (for the
+        unsigned GradDrop scores)."""
         out = {}
         for site in self.sites:
             if site not in other.scores:
                 continue
             a = self.scores[site].flatten().double().numpy()
             b = other.scores[site].flatten().double().numpy()
+            if absolute:
+                a, b = np.abs(a), np.abs(b)
             if a.shape != b.shape:
                 raise ValueError(
                     f"site {site!r}: grids differ in shape ({a.size} vs {b.size} cells)"
@@ -107,8 +110,12 @@ class PatchingResult:
             kk = min(k, a.size)
             top_a = set(np.argsort(-np.abs(a))[:kk].tolist())
             top_b = set(np.argsort(-np.abs(b))[:kk].tolist())
+            live = (np.abs(a) > 1e-6) | (np.abs(b) > 1e-6)
             out[site] = {
                 "spearman": spearman(a, b),
+                # cells that no patch can move (before the span) tie at 0 in both grids and
+                # inflate the correlation; this one leaves them out
+                "spearman_live": spearman(a[live], b[live]) if live.sum() > 2 else math.nan,
                 "pearson": float(np.corrcoef(a, b)[0, 1]) if a.std() and b.std() else math.nan,
                 f"top{kk}_overlap": len(top_a & top_b) / kk,
             }
