@@ -129,7 +129,9 @@ def align_pair(
         )
     for (tc, a, b), (tk, a2, b2) in zip(c_pre, k_pre, strict=True):
         if (a, b) != (a2, b2):
-            raise fail(f"clean token {tc} {c_text[a:b]!r} has no counterpart at the same characters")
+            raise fail(
+                f"clean token {tc} {c_text[a:b]!r} has no counterpart at the same characters"
+            )
     for (tc, a, b), (tk, a2, b2) in zip(c_post, k_post, strict=True):
         if a >= 0 and (a + shift, b + shift) != (a2, b2):
             raise fail(f"clean token {tc} {c_text[a:b]!r} has no counterpart after the span")

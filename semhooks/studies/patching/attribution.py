@@ -75,9 +75,7 @@ def _receiver_grads(
     with torch.enable_grad():
         value = run_metric(setup, setup.receiver, pairs, hooks, grad=True)
         order = sorted(acts)
-        grads = torch.autograd.grad(
-            value.sum(), [acts[n] for n in order], allow_unused=True
-        )
+        grads = torch.autograd.grad(value.sum(), [acts[n] for n in order], allow_unused=True)
     by_name = {
         n: (g if g is not None else torch.zeros_like(acts[n])).detach().float().cpu()
         for n, g in zip(order, grads, strict=True)
@@ -101,7 +99,11 @@ def _estimates(
     for s in sites:
         per_layer = []
         for layer in layers:
-            src, recv, g = setup.sources[(s, layer)].float().cpu(), acts[(s, layer)], grads[(s, layer)]
+            src, recv, g = (
+                setup.sources[(s, layer)].float().cpu(),
+                acts[(s, layer)],
+                grads[(s, layer)],
+            )
             cols = []
             for lab in labels:
                 rows = []
@@ -152,7 +154,9 @@ def attribution_patching(
     gap = float(setup.clean_metric.mean() - setup.corrupted_metric.mean())
     if not gradrop:
         raw = {s: d + m_recv.view(-1, *([1] * (d.ndim - 1))) for s, d in delta.items()}
-        scores = {s: normalised(r, setup.clean_metric, setup.corrupted_metric) for s, r in raw.items()}
+        scores = {
+            s: normalised(r, setup.clean_metric, setup.corrupted_metric) for s, r in raw.items()
+        }
         method = "attribution"
     else:
         total = {s: torch.zeros_like(d) for s, d in delta.items()}

@@ -178,4 +178,3 @@ def concept_patching(
     result.seconds = time.perf_counter() - t0
     result.n_forwards = setup.n_forwards
     return result
-

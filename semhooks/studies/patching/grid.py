@@ -116,8 +116,8 @@ def iter_activation_patching(
 ) -> Iterator[CellScore]:
     """Evaluate ``cells`` (prepared by :func:`semhooks.studies.patching.engine.prepare`),
     yielding each cell's score as soon as its forward is done (streaming)."""
-    step = cells_per_forward or default_cells_per_forward(setup)
-    if step < 1:
+    step = default_cells_per_forward(setup) if cells_per_forward is None else cells_per_forward
+    if not isinstance(step, int) or step < 1:
         raise PatchingError(f"cells_per_forward must be >= 1, got {step}")
     bar = tqdm(total=len(cells), desc="patching", unit="cell", disable=not progress)
     try:
@@ -211,6 +211,10 @@ def activation_patching(
     from semhooks.backend.adapter import adapt
 
     sites, layer_list = resolve_grid(adapt(model), sites, layers)
+    if cells_per_forward is not None and (
+        not isinstance(cells_per_forward, int) or cells_per_forward < 1
+    ):
+        raise PatchingError(f"cells_per_forward must be >= 1, got {cells_per_forward!r}")
     hooks = [(s, layer) for s in sites for layer in layer_list]
     setup = prepare(model, clean, corrupted, metric, mode=mode, spans=spans, hooks=hooks)
     labels = setup.labels(positions)

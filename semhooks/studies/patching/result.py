@@ -89,12 +89,14 @@ class PatchingResult:
         ]
 
     def compare(
-        self, other: PatchingResult, k: int = 10, *, absolute: bool = False
+        self, other: PatchingResult, k: int = 10, *, absolute: bool = False, atol: float = 1e-5
     ) -> dict[str, dict[str, float]]:
         """Per site: Spearman rank correlation and top-``k`` overlap between two results on
         the same grid (e.g. attribution vs exact). Top-k is by absolute score: the cells that
         matter most, whichever the sign. ``absolute=True`` correlates magnitudes (for the
-        unsigned GradDrop scores)."""
+        unsigned GradDrop scores). Scores within ``atol`` of 0 count as 0 (exact patching of a
+        cell that cannot matter, e.g. a token before the span, returns float noise ~1e-7 whose
+        random order would otherwise enter the ranks)."""
         out = {}
         for site in self.sites:
             if site not in other.scores:
@@ -103,6 +105,8 @@ class PatchingResult:
             b = other.scores[site].flatten().double().numpy()
             if absolute:
                 a, b = np.abs(a), np.abs(b)
+            a = np.where(np.abs(a) < atol, 0.0, a)
+            b = np.where(np.abs(b) < atol, 0.0, b)
             if a.shape != b.shape:
                 raise ValueError(
                     f"site {site!r}: grids differ in shape ({a.size} vs {b.size} cells)"
