@@ -85,7 +85,9 @@ def _token_groups(
 ) -> tuple[list[tuple[int, int, int]], list[int], list[tuple[int, int, int]]]:
     """Tokens of ``row`` before, inside and after ``span``: ``(index, start, end)``."""
     n = int(batch.attention_mask[row].sum())
-    pre, mid, post = [], [], []
+    pre: list[tuple[int, int, int]] = []
+    mid: list[int] = []
+    post: list[tuple[int, int, int]] = []
     for t in range(n):
         a, b = (int(x) for x in batch.offsets[row, t])
         special = bool(batch.special[row, t])
@@ -127,12 +129,12 @@ def align_pair(
             f"{len(c_pre)}/{len(c_post)} tokens before/after the span in the clean text but "
             f"{len(k_pre)}/{len(k_post)} in the corrupted one (a token crosses the span edge)"
         )
-    for (tc, a, b), (tk, a2, b2) in zip(c_pre, k_pre, strict=True):
+    for (tc, a, b), (_tk, a2, b2) in zip(c_pre, k_pre, strict=True):
         if (a, b) != (a2, b2):
             raise fail(
                 f"clean token {tc} {c_text[a:b]!r} has no counterpart at the same characters"
             )
-    for (tc, a, b), (tk, a2, b2) in zip(c_post, k_post, strict=True):
+    for (tc, a, b), (_tk, a2, b2) in zip(c_post, k_post, strict=True):
         if a >= 0 and (a + shift, b + shift) != (a2, b2):
             raise fail(f"clean token {tc} {c_text[a:b]!r} has no counterpart after the span")
     out = PairAlignment(cs, ks, n_pre=len(c_pre), n_post=len(c_post))

@@ -90,7 +90,7 @@ def plan_cells(
     sites: Sequence[str], layers: Sequence[int], labels: Sequence[str], n_heads: int
 ) -> list[Cell]:
     """Every cell of the grid, site-major, then layer, position, head."""
-    cells = []
+    cells: list[Cell] = []
     for s in sites:
         for layer in layers:
             for lab in labels:
@@ -157,7 +157,7 @@ def collect(
         if c.head is not None:
             idx = idx + (c.head,)
         scores[c.site][idx] = item.score
-        raw[c.site][(slice(None), *idx)] = item.patched
+        raw[c.site][(slice(None), *idx)] = item.patched  # type: ignore[index]
     return PatchingResult(
         scores=scores,
         raw=raw,

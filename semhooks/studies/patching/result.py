@@ -22,10 +22,10 @@ KIND = "PatchingResult"
 
 
 def normalised(
-    patched: Float[Tensor, "pair *cell"],
+    patched: Float[Tensor, "pair ..."],
     clean: Float[Tensor, " pair"],
     corrupted: Float[Tensor, " pair"],
-) -> Float[Tensor, "*cell"]:
+) -> Float[Tensor, "..."]:
     """``(mean patched - mean corrupted) / (mean clean - mean corrupted)`` over pairs.
 
     0 = the corrupted run's metric, 1 = the clean run's ("logit difference recovered",
