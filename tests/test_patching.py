@@ -130,12 +130,16 @@ def test_batched_grid_equals_a_hand_written_loop(tiny_llama, metric):
 
 def test_batched_equals_one_cell_per_forward_including_heads(tiny_llama, metric):
     kw = dict(
-        sites=["head", "resid_mid"], layers=[0, 2], positions=["span:first", "last"],
+        sites=["head", "resid_mid"], layers=[0, 2], positions=["pre:2", "span:first", "last"],
         progress=False,
     )  # fmt: skip
     many = activation_patching(tiny_llama, CLEAN, CORRUPT, metric, **kw)
-    one = activation_patching(tiny_llama, CLEAN, CORRUPT, metric, cells_per_forward=1, **kw)
-    assert many.scores["head"].shape == (2, 2, adapt(tiny_llama).model.cfg.n_heads)
+    # the reference runs every cell, including those whose patch changes nothing
+    one = activation_patching(
+        tiny_llama, CLEAN, CORRUPT, metric, cells_per_forward=1, skip_identity=False, **kw
+    )
+    assert one.n_forwards == 2 + 2 * 3 * (4 + 1)
+    assert many.scores["head"].shape == (2, 3, adapt(tiny_llama).model.cfg.n_heads)
     for s in many.sites:
         torch.testing.assert_close(many.scores[s], one.scores[s], atol=2e-5, rtol=1e-4)
         torch.testing.assert_close(many.raw[s], one.raw[s], atol=2e-5, rtol=1e-4)

@@ -66,6 +66,7 @@ class PatchingSetup:
     clean_metric: Tensor = field(default_factory=lambda: torch.empty(0))
     corrupted_metric: Tensor = field(default_factory=lambda: torch.empty(0))
     sources: dict[tuple[str, int], Tensor] = field(default_factory=dict)
+    receivers: dict[tuple[str, int], Tensor] = field(default_factory=dict)
     n_forwards: int = 0
 
     @property
@@ -172,14 +173,14 @@ def prepare(
         batch = cb if which == "clean" else kb
         is_source = (which == "clean") == (mode == "denoise")
         cache: dict[str, Tensor] = {}
-        capture = [(n, _capture(cache, n)) for n in set(names.values())] if is_source else []
+        capture = [(n, _capture(cache, n)) for n in set(names.values())]
         value = run_metric(setup, batch, pairs, capture)
         if which == "clean":
             setup.clean_metric = value
         else:
             setup.corrupted_metric = value
-        if is_source:
-            setup.sources = {key: cache[n] for key, n in names.items()}
+        target = setup.sources if is_source else setup.receivers
+        target.update({key: cache[n] for key, n in names.items()})
     return setup
 
 
@@ -292,6 +293,25 @@ def run_cells(
         setup, setup.receiver, pairs, cell_hooks(setup, cells, edit), repeat=len(cells)
     )
     return values.view(len(cells), n).T
+
+
+def is_identity(setup: PatchingSetup, cell: Cell, atol: float = 1e-6) -> bool:
+    """Whether patching ``cell`` writes what the receiver already holds, in every pair
+    (tokens before the span of a causal model: both runs computed the same values)."""
+    src, recv = setup.sources[(cell.site, cell.layer)], setup.receivers[(cell.site, cell.layer)]
+    for p in range(setup.n_pairs):
+        tr, ts = setup.tokens(cell.position, p)
+        a, b = src[p, ts], recv[p, tr]
+        if cell.head is not None:
+            a, b = a[:, cell.head], b[:, cell.head]
+        if not torch.allclose(a, b, rtol=1e-5, atol=atol):
+            return False
+    return True
+
+
+def receiver_metric(setup: PatchingSetup) -> Tensor:
+    """The receiver run's metric per pair (the metric of an identity patch)."""
+    return setup.corrupted_metric if setup.mode == "denoise" else setup.clean_metric
 
 
 def check_heads(setup: PatchingSetup, sites: Sequence[str]) -> int:

@@ -33,7 +33,9 @@ from semhooks.studies.patching.engine import (
     PatchingError,
     PatchingSetup,
     check_heads,
+    is_identity,
     prepare,
+    receiver_metric,
     resolve_grid,
     run_cells,
 )
@@ -112,15 +114,30 @@ def iter_activation_patching(
     *,
     cells_per_forward: int | None = None,
     edit: Edit | None = None,
+    skip_identity: bool = True,
     progress: bool = True,
 ) -> Iterator[CellScore]:
     """Evaluate ``cells`` (prepared by :func:`semhooks.studies.patching.engine.prepare`),
-    yielding each cell's score as soon as its forward is done (streaming)."""
+    yielding each cell's score as soon as its forward is done (streaming).
+
+    ``skip_identity``: a plain patch (``edit=None``) that writes exactly what the receiver
+    already holds in every pair (any token before the span: a causal model computed the
+    same values in both runs) is not run; its metric is the receiver's own.
+    """
     step = default_cells_per_forward(setup) if cells_per_forward is None else cells_per_forward
     if not isinstance(step, int) or step < 1:
         raise PatchingError(f"cells_per_forward must be >= 1, got {step}")
     bar = tqdm(total=len(cells), desc="patching", unit="cell", disable=not progress)
     try:
+        if skip_identity and edit is None:
+            same = {c for c in cells if is_identity(setup, c)}
+            base = receiver_metric(setup)
+            score = float(normalised(base[:, None], setup.clean_metric, setup.corrupted_metric))
+            for cell in cells:
+                if cell in same:
+                    yield CellScore(cell, score, base.clone())
+            bar.update(len(same))
+            cells = [c for c in cells if c not in same]
         for start in range(0, len(cells), step):
             chunk = list(cells[start : start + step])
             patched = run_cells(setup, chunk, edit)
@@ -184,6 +201,7 @@ def activation_patching(
     mode: Mode = "denoise",
     spans: Sequence[tuple[str, str]] | None = None,
     cells_per_forward: int | None = None,
+    skip_identity: bool = True,
     progress: bool = True,
 ) -> PatchingResult:
     """Exact activation patching of every (site, layer, position[, head]) cell.
@@ -202,6 +220,8 @@ def activation_patching(
         spans: per pair ``(clean substring, corrupted substring)``; default: where they differ.
         cells_per_forward: cells evaluated in one forward (default: ~256 rows per forward);
             1 is the one-forward-per-cell loop.
+        skip_identity: do not run cells whose patch writes what the receiver already holds
+            (tokens before the span); their score is exactly the receiver's (0 denoising).
         progress: a tqdm bar over cells.
 
     Returns:
@@ -221,8 +241,9 @@ def activation_patching(
     n_heads = check_heads(setup, sites)
     cells = plan_cells(sites, layer_list, labels, n_heads)
     stream = iter_activation_patching(
-        setup, cells, cells_per_forward=cells_per_forward, progress=progress
-    )
+        setup, cells, cells_per_forward=cells_per_forward, skip_identity=skip_identity,
+        progress=progress,
+    )  # fmt: skip
     result = collect(setup, sites, layer_list, labels, stream, n_heads, method="exact")
     result.seconds = time.perf_counter() - t0
     result.n_forwards = setup.n_forwards
