@@ -271,3 +271,24 @@ def test_factual_recall_subject_moves_to_the_last_token(smollm2):
     rho = approx.compare(exact)["resid_pre"]["spearman"]
     print(f"attribution vs exact, resid_pre: Spearman {rho:.3f}")
     assert not math.isnan(rho)
+
+
+def test_patching_recipe_runs_end_to_end(tmp_path):
+    from recipes import build_config, get_recipe, run_recipe
+
+    recipe = get_recipe("patching")
+    config = build_config(
+        recipe.config_cls,
+        overrides={
+            "model": "tiny-llama", "clean": CLEAN[:2], "corrupted": CORRUPT[:2],
+            "answers": ANSWERS[:2], "wrong": WRONG[:2], "layers": [0, 2],
+            "positions": ["span:last", "last"], "progress": False,
+        },
+    )  # fmt: skip
+    doc = run_recipe("patching", config, tmp_path / "run")
+    summary = doc["metrics"]["summary"]
+    assert summary["n_pairs"] == 2 and "resid_pre_spearman" in summary
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "no definition given" not in report and "exact.png" in report
+    back = PatchingResult.load(tmp_path / "run" / "artifacts" / "exact.safetensors")
+    assert back.layers == [0, 2]

@@ -121,7 +121,7 @@ class PatchingResult:
                 # inflate the correlation; this one leaves them out
                 "spearman_live": spearman(a[live], b[live]) if live.sum() > 2 else math.nan,
                 "pearson": float(np.corrcoef(a, b)[0, 1]) if a.std() and b.std() else math.nan,
-                f"top{kk}_overlap": len(top_a & top_b) / kk,
+                f"top{k}_overlap": len(top_a & top_b) / kk,
             }
         return out
 
@@ -133,8 +133,8 @@ class PatchingResult:
         grids = [self.grid(s) for s in sites]
         grids = [g.sum(-1) if g.ndim == 3 else g for g in grids]
         lim = max(float(g.abs().max()) for g in grids) or 1.0
-        height = 0.9 + 0.22 * len(self.layers)
-        width = 1.6 + 0.55 * len(self.positions)
+        height = max(3.0, 1.6 + 0.22 * len(self.layers))
+        width = max(4.0, 2.0 + 0.55 * len(self.positions))
         fig, axes = new_figure(len(sites), 1, width=width, height=height)
         for ax, site, g in zip(axes, sites, grids, strict=True):
             heatmap(
