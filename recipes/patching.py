@@ -16,13 +16,14 @@ class PatchingConfig(RecipeConfig):
     template: str = "The capital of {} is the city of"
     n_pairs: int = field(default=4, metadata={"min": 1})
     # Explicit pairs (all four lists, one entry per pair) replace the relation's pairs.
-    clean: list[str] = field(default_factory=list)
-    corrupted: list[str] = field(default_factory=list)
-    answers: list[str] = field(default_factory=list)
-    wrong: list[str] = field(default_factory=list)
+    clean: list[str] = field(default_factory=list, metadata={"allow_empty": True})
+    corrupted: list[str] = field(default_factory=list, metadata={"allow_empty": True})
+    answers: list[str] = field(default_factory=list, metadata={"allow_empty": True})
+    wrong: list[str] = field(default_factory=list, metadata={"allow_empty": True})
     sites: list[str] = field(default_factory=lambda: ["resid_pre"])
-    layers: list[int] = field(default_factory=list)  # empty: every layer
-    positions: list[str] = field(default_factory=list)  # empty: every token of the template
+    layers: list[int] = field(default_factory=list, metadata={"allow_empty": True})  # all
+    # empty: every token of the template
+    positions: list[str] = field(default_factory=list, metadata={"allow_empty": True})
     mode: str = "denoise"
     attribution: bool = True
     cells_per_forward: int = field(default=0, metadata={"min": 0})  # 0: automatic
