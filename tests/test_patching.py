@@ -266,7 +266,7 @@ def test_factual_recall_subject_moves_to_the_last_token(smollm2):
     g = exact.scores["resid_pre"]
     # early: all of it sits on the subject; late: all of it has moved to the last token
     assert g[0, 0] > 0.9 and g[0, 1] < 0.1, g
-    assert g[-1, 1] > 0.8 and g[-1, 0] < 0.2, g
+    assert g[-1, 1] > 0.7 and g[-1, 0] < 0.2, g
     approx = attribution_patching(smollm2, clean, corrupt, metric, **kw)
     rho = approx.compare(exact)["resid_pre"]["spearman"]
     print(f"attribution vs exact, resid_pre: Spearman {rho:.3f}")
