@@ -154,11 +154,19 @@ def test_attribution_equals_exact_where_the_metric_is_linear(tiny_llama, metric)
         kw = dict(sites=["resid_post", "mlp_out"], layers=[-1], positions=None, progress=False)
         exact = activation_patching(tiny_llama, CLEAN, CORRUPT, metric, **kw)
         approx = attribution_patching(tiny_llama, CLEAN, CORRUPT, metric, **kw)
-        for mode in ("noise",):
-            exact_n = activation_patching(tiny_llama, CLEAN, CORRUPT, metric, mode=mode, **kw)
-            approx_n = attribution_patching(tiny_llama, CLEAN, CORRUPT, metric, mode=mode, **kw)
+        exact_n = activation_patching(tiny_llama, CLEAN, CORRUPT, metric, mode="noise", **kw)
+        approx_n = attribution_patching(tiny_llama, CLEAN, CORRUPT, metric, mode="noise", **kw)
+        kw["sites"] = ["resid_post"]
+        gd = attribution_patching(tiny_llama, CLEAN, CORRUPT, metric, gradrop=True, **kw)
     finally:
         handle.remove()
+    # nothing downstream of the top resid_post passes through a block: every one of the L
+    # drops leaves its gradient alone, and GradDrop is sum_l |AtP| / (L - 1) per pair
+    n_layers = adapt(tiny_llama).n_layers
+    by_hand = (approx.raw["resid_post"] - exact.corrupted_metric[:, None, None]).abs()
+    gap = exact.clean_metric.mean() - exact.corrupted_metric.mean()
+    expected = by_hand.mean(0) * n_layers / (n_layers - 1) / gap.abs()
+    torch.testing.assert_close(gd.scores["resid_post"], expected, atol=1e-5, rtol=1e-4)
     for s in exact.sites:
         torch.testing.assert_close(approx.scores[s], exact.scores[s], atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(approx_n.scores[s], exact_n.scores[s], atol=1e-4, rtol=1e-4)
