@@ -170,7 +170,8 @@ def test_attribution_equals_exact_where_the_metric_is_linear(tiny_llama, metric)
     for s in exact.sites:
         torch.testing.assert_close(approx.scores[s], exact.scores[s], atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(approx_n.scores[s], exact_n.scores[s], atol=1e-4, rtol=1e-4)
-    assert approx.n_forwards == 3  # two baselines, one forward+backward
+    assert approx.n_forwards == 2  # the source baseline, one forward+backward
+    torch.testing.assert_close(approx.corrupted_metric, exact.corrupted_metric)
 
 
 def test_attribution_finds_the_top_cell_and_compare_reports_ranks(tiny_llama, metric):

@@ -133,7 +133,7 @@ def attribution_patching(
 ) -> PatchingResult:
     """First-order (attribution) patching of the same grid as
     :func:`~semhooks.studies.patching.activation_patching` (same arguments), from one
-    forward and one backward pass over the pairs (plus the two baseline forwards).
+    forward and one backward pass over the pairs (plus the source baseline forward).
 
     ``gradrop=True`` returns AtP*'s GradDrop magnitudes instead (``method=
     "attribution+gradrop"``, unsigned; compare with ``result.compare(exact, absolute=True)``),
@@ -147,9 +147,15 @@ def attribution_patching(
     adapter = adapt(model)
     sites, layer_list = resolve_grid(adapter, sites, layers)
     keys = [(s, layer) for s in sites for layer in layer_list]
-    setup = prepare(model, clean, corrupted, metric, mode=mode, spans=spans, hooks=keys)
+    setup = prepare(
+        model, clean, corrupted, metric, mode=mode, spans=spans, hooks=keys, run_receiver=False
+    )
     labels = setup.labels(positions)
-    m_recv, acts, grads = _receiver_grads(setup, keys)
+    m_recv, acts, grads = _receiver_grads(setup, keys)  # also the receiver's baseline
+    if mode == "denoise":
+        setup.corrupted_metric = m_recv
+    else:
+        setup.clean_metric = m_recv
     delta = _estimates(setup, sites, layer_list, labels, acts, grads)
     gap = float(setup.clean_metric.mean() - setup.corrupted_metric.mean())
     if not gradrop:

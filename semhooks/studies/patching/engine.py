@@ -144,9 +144,11 @@ def prepare(
     mode: Mode = "denoise",
     spans: Sequence[tuple[str, str]] | None = None,
     hooks: Sequence[tuple[str, int]] = (),
+    run_receiver: bool = True,
 ) -> PatchingSetup:
-    """Tokenise, align, run both baselines and cache the source activations at ``hooks``
-    (``(site, layer)`` pairs)."""
+    """Tokenise, align, run both baselines and cache both runs' activations at ``hooks``
+    (``(site, layer)`` pairs). ``run_receiver=False`` skips the receiver's baseline (a caller
+    that runs it itself, with gradients, sets its metric)."""
     adapter = adapt(model)
     adapter.require_eval()
     if adapter.is_encoder:
@@ -172,6 +174,8 @@ def prepare(
     for which in ("clean", "corrupted"):
         batch = cb if which == "clean" else kb
         is_source = (which == "clean") == (mode == "denoise")
+        if not is_source and not run_receiver:
+            continue
         cache: dict[str, Tensor] = {}
         capture = [(n, _capture(cache, n)) for n in set(names.values())]
         value = run_metric(setup, batch, pairs, capture)

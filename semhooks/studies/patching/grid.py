@@ -143,8 +143,8 @@ def iter_activation_patching(
             patched = run_cells(setup, chunk, edit)
             for j, cell in enumerate(chunk):
                 col = patched[:, j]
-                score = normalised(col, setup.clean_metric, setup.corrupted_metric)
-                yield CellScore(cell, float(score), col)
+                value = normalised(col, setup.clean_metric, setup.corrupted_metric)
+                yield CellScore(cell, float(value), col)
             bar.update(len(chunk))
     finally:
         bar.close()
