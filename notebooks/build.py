@@ -269,6 +269,51 @@ print("true", true_bits, "Gaussian estimate", GaussianMI().fit(x, y).mi_)
 """),
 )
 
+notebook(
+    "patching",
+    md("""
+# Causal interventions: patching grids
+
+Which layer and position carry the subject of a factual-recall prompt? Denoising activation
+patching writes the clean run's activation into the corrupted run, one cell (site, layer,
+position) at a time, and reports the logit difference recovered (0 = corrupted, 1 = clean).
+Pairs may differ in token count: they are aligned by characters. `semhooks run patching`
+runs the full study.
+"""),
+    code("""
+import torch, semhooks as sh
+from semhooks.studies.patching import logit_diff
+model = sh.load_model("smollm2-135m")
+clean = ["The capital of Canada is the city of", "The capital of Argentina is the city of"]
+corrupted = ["The capital of Mexico is the city of", "The capital of Chile is the city of"]
+metric = logit_diff(model, [" Ottawa", " Buenos"], [" Mexico", " Santiago"])
+grid = dict(sites=["resid_pre"], layers=[0, 6, 12, 18, 24, 29],
+            positions=["span:last", "post:0", "last"], progress=False)
+exact = sh.activation_patching(model, clean, corrupted, metric, **grid)
+exact.plot();
+"""),
+    md("Attribution patching estimates the same grid from one forward and one backward pass:"),
+    code("""
+approx = sh.attribution_patching(model, clean, corrupted, metric, **grid)
+cmp = approx.compare(exact)["resid_pre"]
+print(f"exact {exact.seconds:.1f} s, attribution {approx.seconds:.1f} s, "
+      f"Spearman {cmp['spearman']:.2f}, top-10 overlap {cmp['top10_overlap']:.2f}")
+"""),
+    md("""
+Concept-level: interchange only the component along one direction (here the difference of
+the two subjects' states at layer 6), against a random direction and a norm-matched placebo:
+"""),
+    code("""
+states = sh.extract_states(model, clean + corrupted, layers=[6], tokens="last", pool="last",
+                           progress=False)
+v = states.layer(6)[:2].mean(0) - states.layer(6)[2:].mean(0)
+concept = sh.concept_patching(model, clean, corrupted, metric, v, layers=[6],
+                              positions=["span:last", "last"], progress=False)
+for name, scores in concept.scores.items():
+    print(f"{name:8s}", [round(float(x), 3) for x in scores[0]])
+"""),
+)
+
 
 def main() -> None:
     for name, cells in NOTEBOOKS.items():

@@ -4,6 +4,7 @@ from recipes import (  # noqa: F401
     concept_steering,
     emergence_profile,
     lexical_layers,
+    patching,
     pooling_sentiment,
     quickstart,
     relation_concepts,

@@ -43,6 +43,12 @@ from semhooks.relations import LRC, LRE, Concept
 from semhooks.studies.calibration import SemanticCalibrator, calibration_study
 from semhooks.studies.emergence import EmergenceResult, entity_lists, information_emergence
 from semhooks.studies.lexical import WiCResult, wic_study
+from semhooks.studies.patching import (
+    PatchingResult,
+    activation_patching,
+    attribution_patching,
+    concept_patching,
+)
 from semhooks.studies.probing import PoolingResult, pooling_study
 from semhooks.studies.steering import SteeringCurve, generate, steering_curve
 from semhooks.studies.vocab import semantic_basis, semantic_logits, vocab_lens
@@ -79,6 +85,10 @@ __all__ = [
     "ModelAdapter",
     "PCADirection",
     "Patch",
+    "PatchingResult",
+    "activation_patching",
+    "attribution_patching",
+    "concept_patching",
     "PoolingResult",
     "ProbeDirection",
     "ShardedStates",
