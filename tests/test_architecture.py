@@ -34,7 +34,6 @@ KNOWN_PRIVATE_IMPORTS = {
 }
 KNOWN_LARGE = {
     "semhooks.data.loaders": 652,
-    "semhooks.estimators.mi": 1016,
     "semhooks.extraction.states": 1043,
     "semhooks.relations.evaluation": 774,
     "semhooks.studies.calibration": 907,

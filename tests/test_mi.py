@@ -318,7 +318,7 @@ def test_sklearn_clone_and_params_roundtrip():
     assert cloned is not est
     assert "critic='bilinear'" in repr(est)
     assert est.set_params(seed=6).seed == 6
-    with pytest.raises(ValueError, match="unknown parameter 'sede'"):
+    with pytest.raises(ValueError, match="Invalid parameter .sede."):
         est.set_params(sede=1)
 
 
