@@ -21,8 +21,9 @@ from semhooks.data.loaders import (
 )
 from semhooks.estimators.directions import MeanDifference, PCADirection, ProbeDirection
 from semhooks.estimators.mi import MINE, GaussianMI, InfoNCE
+from semhooks.estimators.pooler import AttentionPooler
 from semhooks.extraction.distributed import extract_states_distributed, merge_shards
-from semhooks.extraction.pooling import AttentionPooler, pool
+from semhooks.extraction.pooling import pool
 from semhooks.extraction.spans import SpanNotFoundError, Spans, char_span, find_span
 from semhooks.extraction.states import LayerStates, ShardedStates, extract_states, select_tokens
 from semhooks.interventions import (

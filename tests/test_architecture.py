@@ -28,9 +28,6 @@ KNOWN_PRIVATE_IMPORTS = {
     ("semhooks/extraction/distributed.py", "_read_manifest"),
     ("semhooks/extraction/distributed.py", "_reusable_shards"),
     ("semhooks/extraction/distributed.py", "_shard_config"),
-    ("semhooks/extraction/distributed.py", "_check_prompts"),
-    ("semhooks/relations/evaluation.py", "_check_prompts"),
-    ("semhooks/relations/lrc.py", "_check_prompts"),
 }
 KNOWN_LARGE = {
     "semhooks.data.loaders": 652,

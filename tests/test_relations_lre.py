@@ -319,13 +319,15 @@ def test_lre_invert_decode_save_load(tiny_llama, tmp_path):
     )
     s = lre.subject_states_
     torch.testing.assert_close(lre.predict(s), 2.0 * s @ lre.weight_.T + lre.bias_)
-    tokens = lre.decode(s, k=3)
+    tokens = lre.decode(s, k=3, model=tiny_llama)
     assert len(tokens) == len(prompts) and all(len(t) == 3 for t in tokens)
     path = lre.save(tmp_path / "capital.lre")
     back = LRE.load(path, tiny_llama)
     torch.testing.assert_close(back.weight_, lre.weight_)
     assert back.beta == 2.0 and back.provenance_["subject_layer"] == 0
-    assert back.decode(s, k=3) == tokens
+    assert back.decode(s, k=3, model=tiny_llama) == tokens
+    with pytest.raises(ValueError, match="provenance, not the model"):
+        back.decode(s, k=3)
     narrow = tiny_model("llama", d_model=32)
     with pytest.raises(ArtifactError, match="d_model"):
         LRE.load(path, narrow)

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from jaxtyping import Float
 from sklearn.base import BaseEstimator, TransformerMixin
-from sklearn.exceptions import NotFittedError
+from sklearn.utils.validation import check_is_fitted
 from torch import Tensor
 
 from semhooks.io.artifacts import load_artifact, save_artifact
@@ -80,10 +80,11 @@ class _Direction(TransformerMixin, BaseEstimator):
     _kind = "Direction"
 
     def _check_fitted(self) -> None:
-        if not hasattr(self, "direction_"):
-            raise NotFittedError(
-                f"this {type(self).__name__} is not fitted yet; call fit(X, y) before using it"
-            )
+        check_is_fitted(
+            self,
+            "direction_",
+            msg=f"this {type(self).__name__} is not fitted yet; call fit(X, y) before using it",
+        )
 
     @property
     def vector(self) -> Float[Tensor, " d_model"]:

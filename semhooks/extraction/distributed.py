@@ -496,7 +496,7 @@ def fit_lre_distributed(lre: Any, model: Any, prompts: Sequence[Any], state: Any
     set of random probes across prompts and is not split here).
     """
     from semhooks.backend.adapter import adapt
-    from semhooks.relations.lre import _check_prompts
+    from semhooks.relations.checks import check_prompts
 
     if lre.method != "exact":
         raise ValueError(
@@ -507,7 +507,7 @@ def fit_lre_distributed(lre: Any, model: Any, prompts: Sequence[Any], state: Any
     resolved = _resolve_model(model, state)
     adapter = adapt(resolved)
     lre._check_params(adapter)
-    prompts = _check_prompts(prompts, "fit_lre_distributed")
+    prompts = check_prompts(prompts, "fit_lre_distributed")
     res = mean_jacobian_distributed(
         adapter,
         prompts,

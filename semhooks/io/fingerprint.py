@@ -171,11 +171,11 @@ def pool_weights_sha256(
     on a fixed seeded probe batch at every layer (another callable, or the same one with
     other weights, gives other scores).
     """
-    from semhooks.extraction.pooling import AttentionPooler
+    from semhooks.extraction.pooling import is_learned_pooler
 
     if pool_weights is None:
         return None
-    if isinstance(pool_weights, AttentionPooler):
+    if is_learned_pooler(pool_weights):
         scorers = getattr(pool_weights, "scorers_", None)
         if scorers is None:
             raise ValueError("pool_weights is an AttentionPooler that is not fitted; fit it first")

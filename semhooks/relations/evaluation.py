@@ -34,9 +34,10 @@ from jaxtyping import Float
 from torch import Tensor
 
 from semhooks.backend.adapter import adapt
+from semhooks.relations.checks import check_prompts
 from semhooks.relations.data import Relation, load
 from semhooks.relations.lrc import LRC, Concept
-from semhooks.relations.lre import LRE, _check_prompts
+from semhooks.relations.lre import LRE
 from semhooks.relations.prompts import (
     RelationPrompt,
     build_prompts,
@@ -98,7 +99,7 @@ def faithfulness(
     """Top-1 agreement between the decoded LRE and the model on (held-out) prompts."""
     lre._require_fit()
     adapter = adapt(model)
-    prompts = _check_prompts(prompts, "faithfulness")
+    prompts = check_prompts(prompts, "faithfulness")
     st = prompt_states(
         adapter,
         prompts,
@@ -184,7 +185,7 @@ def hernandez_causality(
     """
     lre._require_fit()
     adapter = adapt(model)
-    prompts = _check_prompts(prompts, "hernandez_causality")
+    prompts = check_prompts(prompts, "hernandez_causality")
     w_inv = lre.invert(rank)
     rng = random.Random(seed)
     pairs = []
@@ -320,7 +321,7 @@ def causal_swap(
     from semhooks.interventions import Swap, intervene, random_control
 
     adapter = adapt(model)
-    prompts = _check_prompts(prompts, "causal_swap")
+    prompts = check_prompts(prompts, "causal_swap")
     vecs = _concept_vectors(concepts)
     missing = sorted({p.object for p in prompts} - set(vecs))
     if missing:
@@ -625,7 +626,7 @@ def table_markdown(
     """
     if not results:
         return "(no relations evaluated)"
-    from semhooks.studies.probing import wilson_interval
+    from semhooks.studies.stats import wilson_interval
 
     methods = [r["method"] for r in results[0].rows]
     has_causal = "causality" in results[0].rows[0]

@@ -23,11 +23,13 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from jaxtyping import Float
+from sklearn.base import BaseEstimator
 from torch import Tensor
 
-from semhooks.backend.adapter import ModelAdapter, adapt
+from semhooks.backend.adapter import adapt
 from semhooks.io.artifacts import load_artifact, save_artifact
-from semhooks.relations.lre import LRE, NotFittedError, _check_prompts
+from semhooks.relations.checks import check_prompts
+from semhooks.relations.lre import LRE, NotFittedError
 from semhooks.relations.prompts import RelationPrompt, balanced_subset, prompt_states
 
 __all__ = ["LRC", "Concept"]
@@ -90,7 +92,7 @@ def _as_prompts(
     return out
 
 
-class LRC:
+class LRC(BaseEstimator):
     """Linear relational concepts for one relation: a classifier over its objects.
 
     Args:
@@ -151,35 +153,6 @@ class LRC:
         self.chunk_size = chunk_size
         self.batch_size = batch_size
         self.progress = progress
-        self._adapter: ModelAdapter | None = None
-
-    _PARAMS = (
-        "subject_layer",
-        "object_layer",
-        "rank",
-        "object_aggregation",
-        "n_lre_prompts",
-        "method",
-        "oversampling",
-        "n_power_iter",
-        "seed",
-        "sketch_seed",
-        "prefix_cache",
-        "chunk_size",
-        "batch_size",
-        "progress",
-    )
-
-    def get_params(self, deep: bool = True) -> dict[str, Any]:
-        """Hyper-parameters (scikit-learn convention)."""
-        return {k: getattr(self, k) for k in self._PARAMS}
-
-    def set_params(self, **params: Any) -> LRC:
-        for k, v in params.items():
-            if k not in self._PARAMS:
-                raise ValueError(f"LRC has no parameter {k!r}")
-            setattr(self, k, v)
-        return self
 
     # ------------------------------------------------------------------ fitting
     def fit(self, model: Any, prompts: Sequence[RelationPrompt]) -> LRC:
@@ -190,7 +163,7 @@ class LRC:
                 ``rank`` outside ``1..d_model``.
         """
         adapter = adapt(model)
-        prompts = _check_prompts(prompts, "LRC.fit")
+        prompts = check_prompts(prompts, "LRC.fit")
         relations = sorted({p.relation for p in prompts})
         if len(relations) > 1:
             raise ValueError(
@@ -249,7 +222,6 @@ class LRC:
         self.layer_ = lre.subject_layer_
         self.provenance_ = dict(lre.provenance_, rank=self.rank)
         self.concepts_ = self._make_concepts()
-        self._adapter = adapter
         return self
 
     def with_rank(self, rank: int) -> LRC:
@@ -396,7 +368,6 @@ class LRC:
         lrc.lre_ = lre
         lrc.lre_prompts_ = []
         lrc.concepts_ = lrc._make_concepts()
-        lrc._adapter = adapt(model) if model is not None else None
         return lrc
 
     def __repr__(self) -> str:

@@ -22,10 +22,13 @@ from typing import Any, Literal
 
 import torch
 from jaxtyping import Float
+from sklearn.base import BaseEstimator
+from sklearn.exceptions import NotFittedError as SklearnNotFittedError
 from torch import Tensor
 
 from semhooks.backend.adapter import ModelAdapter, adapt
 from semhooks.io.artifacts import load_artifact, save_artifact
+from semhooks.relations.checks import check_prompts
 from semhooks.relations.jacobian import (
     JacobianResult,
     LowRankJacobian,
@@ -34,32 +37,20 @@ from semhooks.relations.jacobian import (
 )
 from semhooks.relations.prompts import RelationPrompt
 
-__all__ = ["LRE", "NotFittedError"]
+__all__ = ["LRE", "NotFittedError", "check_prompts"]
 
 _KIND = "semhooks.LRE"
 
 
-class NotFittedError(RuntimeError, AttributeError):
-    """An estimator was used before ``fit`` (or ``load``)."""
+class NotFittedError(SklearnNotFittedError, RuntimeError):
+    """An LRE or LRC was used before ``fit`` (or ``load``).
+
+    A :class:`sklearn.exceptions.NotFittedError` (so ``except NotFittedError`` with
+    scikit-learn's class catches it), and still a ``RuntimeError`` as in semhooks 0.1.
+    """
 
 
-def _check_prompts(prompts: Sequence[RelationPrompt], what: str) -> list[RelationPrompt]:
-    if isinstance(prompts, (str, RelationPrompt)):
-        raise TypeError(f"{what} takes a list of RelationPrompt, got one {type(prompts).__name__}")
-    prompts = list(prompts)
-    if not prompts:
-        raise ValueError(
-            f"{what}: no prompts given. Build them with semhooks.relations.build_prompts and "
-            "keep the ones the model answers with semhooks.relations.validate"
-        )
-    for p in prompts:
-        if not isinstance(p, RelationPrompt):
-            raise TypeError(f"{what} takes RelationPrompt objects, got {type(p).__name__}")
-        p.subject_char_span()  # raises a clear error when the subject is not in the prompt
-    return prompts
-
-
-class LRE:
+class LRE(BaseEstimator):
     """A linear relational embedding ``o ~ beta W s + b`` fitted from Jacobians.
 
     Args:
@@ -94,6 +85,9 @@ class LRE:
     True
     """
 
+    # the SVD of W, cached by svd() (a randomized fit sets it from its sketch)
+    _svd: tuple[Tensor, Tensor, Tensor] | None = None
+
     def __init__(
         self,
         subject_layer: int,
@@ -122,37 +116,8 @@ class LRE:
         self.prefix_cache = prefix_cache
         self.chunk_size = chunk_size
         self.progress = progress
-        self._adapter: ModelAdapter | None = None
-        self._svd: tuple[Tensor, Tensor, Tensor] | None = None
 
     # ------------------------------------------------------------------ fitting
-    def get_params(self, deep: bool = True) -> dict[str, Any]:
-        """Hyper-parameters (scikit-learn convention)."""
-        return {
-            k: getattr(self, k)
-            for k in (
-                "subject_layer",
-                "object_layer",
-                "beta",
-                "object_aggregation",
-                "method",
-                "rank",
-                "oversampling",
-                "n_power_iter",
-                "seed",
-                "prefix_cache",
-                "chunk_size",
-                "progress",
-            )
-        }
-
-    def set_params(self, **params: Any) -> LRE:
-        for k, v in params.items():
-            if k not in self.get_params():
-                raise ValueError(f"LRE has no parameter {k!r}")
-            setattr(self, k, v)
-        return self
-
     def _check_params(self, adapter: ModelAdapter) -> None:
         if self.method not in ("exact", "randomized"):
             raise ValueError(f"method must be 'exact' or 'randomized', got {self.method!r}")
@@ -178,7 +143,7 @@ class LRE:
         """
         adapter = adapt(model)
         self._check_params(adapter)
-        prompts = _check_prompts(prompts, "LRE.fit")
+        prompts = check_prompts(prompts, "LRE.fit")
         res: JacobianResult | LowRankJacobian
         if self.method == "exact":
             res = mean_jacobian(
@@ -238,7 +203,6 @@ class LRE:
             pooling=f"subject last token -> object {self.object_aggregation}",
             **provenance,
         )
-        self._adapter = adapter
         return self
 
     def _require_fit(self) -> None:
@@ -259,9 +223,10 @@ class LRE:
     def _model(self, model: Any | None) -> ModelAdapter:
         if model is not None:
             return adapt(model)
-        if self._adapter is None:
-            raise ValueError("this LRE was loaded without a model; pass model=... to decode")
-        return self._adapter
+        raise ValueError(
+            "an LRE keeps its provenance, not the model: pass model=... (the model it was "
+            f"fitted on, {self.provenance_.get('model')!r}) to decode"
+        )
 
     def logits(
         self, subject_states: Float[Tensor, "... d"], model: Any | None = None
@@ -372,7 +337,6 @@ class LRE:
         lre.subject_layer_ = meta["subject_layer"]
         lre.object_layer_ = meta["object_layer"]
         lre.provenance_ = meta["provenance"]
-        lre._adapter = adapt(model) if model is not None else None
         return lre
 
     def __repr__(self) -> str:

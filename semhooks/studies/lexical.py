@@ -524,7 +524,7 @@ class WiCResult:
     def interval(self, values: Sequence[float]) -> tuple[list[float], list[float]]:
         """95% Wilson intervals ``(low, high)`` of evaluation accuracies (``protocol["n_eval"]``
         pairs each)."""
-        from semhooks.studies.probing import wilson_interval
+        from semhooks.studies.stats import wilson_interval
 
         n = int(self.protocol.get("n_eval") or 0)
         if n < 1:
@@ -854,7 +854,7 @@ def _probe_accuracy(
     cv: int,
     seed: int,
 ) -> float:
-    from semhooks.studies.probing import fit_logistic_probe
+    from semhooks.estimators.probes import fit_logistic_probe
 
     if len(np.unique(y_fit)) < 2:
         raise ValueError("the probe needs both labels (T and F) in the fit split")

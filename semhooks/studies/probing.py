@@ -25,10 +25,8 @@ on held-out data.
 
 from __future__ import annotations
 
-import math
 import os
 import time
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,37 +40,25 @@ from torch import Tensor
 
 from semhooks.backend.adapter import ModelAdapter, adapt
 from semhooks.data.loaders import TextClassificationDataset
-from semhooks.extraction.pooling import POOLS, AttentionPooler
+from semhooks.estimators.pooler import AttentionPooler
+from semhooks.estimators.probes import fit_logistic_probe
+from semhooks.extraction.pooling import POOLS
 from semhooks.extraction.states import LayerStates, extract_states
 from semhooks.plots import heatmap, new_figure, save_figure
+from semhooks.studies.stats import wilson_interval
 
 __all__ = [
     "POOLINGS",
     "PoolingResult",
     "pooled_features",
     "pooling_study",
+    "fit_logistic_probe",
     "token_states",
     "wilson_interval",
 ]
 
 POOLINGS: tuple[str, ...] = ("mean", "max", "last", "first", "weighted")
 """The poolings compared by :func:`pooling_study`, in table order."""
-
-
-def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """Wilson score interval for a binomial proportion ``successes / n`` (95% by default).
-
-    ``(p + z^2/2n +- z sqrt(p(1-p)/n + z^2/4n^2)) / (1 + z^2/n)`` with ``p = successes / n``.
-    """
-    if n <= 0:
-        raise ValueError(f"a confidence interval needs n >= 1 trials, got n={n}")
-    if not 0 <= successes <= n:
-        raise ValueError(f"successes={successes} must lie in 0..n={n}")
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 # --------------------------------------------------------------------------------------------
@@ -566,35 +552,3 @@ def pooling_study(
         rows=rows,
         protocol=protocol,
     )
-
-
-def fit_logistic_probe(
-    x: npt.NDArray[np.float32],
-    y: npt.NDArray[Any],
-    Cs: Sequence[float],
-    cv: int,
-    seed: int,
-) -> Any:
-    """Standardise, then logistic regression with ``C`` chosen by stratified, shuffled,
-    seeded ``cv``-fold cross-validation (liblinear). Returns the fitted pipeline."""
-    from sklearn.linear_model import LogisticRegressionCV
-    from sklearn.model_selection import StratifiedKFold
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    folds = StratifiedKFold(n_splits=cv, shuffle=True, random_state=seed)
-    clf = make_pipeline(
-        StandardScaler(),
-        LogisticRegressionCV(
-            Cs=list(Cs),
-            cv=folds,
-            solver="liblinear",
-            max_iter=1000,
-            scoring="accuracy",
-            random_state=seed,
-        ),
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        clf.fit(x, y)
-    return clf
