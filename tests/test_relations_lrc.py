@@ -269,3 +269,96 @@ def test_real_sweep_records_and_plot(smollm2, tmp_path):
     ax = res.plot()
     ax.figure.savefig(tmp_path / "sweep.png")
     assert (tmp_path / "sweep.png").stat().st_size > 0
+
+
+# ---------------------------------------------------------------------- causality, built to succeed
+def _built_to_succeed(model):
+    """Prompts ending in their subject, each labelled with the model's own top-1 next token.
+
+    With ``l_s = l_o`` = the last layer and ``object_aggregation="first"``, the subject state is
+    the object state (same site and position), so ``W = I``, ``b = 0`` and the full-rank edit
+    ``delta s = o' - o`` makes the last position's final residual the target prompt's: the
+    model must then predict the target's object, every time.
+    """
+    from semhooks.backend.adapter import adapt
+    from semhooks.relations.prompts import encode_prompts
+
+    adapter = adapt(model)
+    kept = []
+    for s in ["France", "Italy", "Spain", "Germany", "Paris", "Rome", "Madrid", "Berlin"]:
+        text = f"The capital of {s}"
+        enc = encode_prompts(adapter, [RelationPrompt(text, s, "x")], with_answer=False)
+        top = int(adapter.forward(enc.batch)[0, enc.object_positions[0][0]].argmax())
+        p = RelationPrompt(text, s, adapter.tokenizer.decode([top]).lstrip(" "), "built")
+        if encode_prompts(adapter, [p], with_answer=True).answer_ids[0][0] == top:
+            kept.append(p)
+    assert len({p.object for p in kept}) >= 3
+    return kept
+
+
+def test_hernandez_causality_succeeds_on_a_case_built_to_succeed(tiny_llama):
+    from semhooks.relations.lre import LRE
+
+    prompts = _built_to_succeed(tiny_llama)
+    lre = LRE(-1, -1, object_aggregation="first", progress=False).fit(tiny_llama, prompts)
+    d = lre.weight_.shape[0]
+    torch.testing.assert_close(lre.weight_, torch.eye(d))
+    full = hernandez_causality(lre, tiny_llama, prompts, rank=d, seed=0)
+    assert full.score == 1.0
+    assert full.predictions == full.targets
+    assert all(t != p.object for t, p in zip(full.targets, prompts, strict=True))
+    assert full.control_score < full.score
+    # a rank sweep of the same edit is ordered: the full-rank inverse beats a rank-4 one
+    low = hernandez_causality(lre, tiny_llama, prompts, rank=4, seed=0)
+    assert low.targets == full.targets and low.score < full.score
+
+
+def test_hernandez_causality_equals_a_hand_written_hook(tiny_llama, toy_lrc):
+    """The Steer-based edit and its random control give what a raw hook gives."""
+    import random
+
+    from semhooks.backend.adapter import adapt
+    from semhooks.relations.prompts import encode_prompts, prompt_states
+
+    lre, prompts, rank, seed = toy_lrc.lre_, toy_prompts(), 8, 3
+    got = hernandez_causality(lre, tiny_llama, prompts, rank=rank, seed=seed, batch_size=3)
+    adapter = adapt(tiny_llama)
+    rng = random.Random(seed)
+    pairs = [
+        rng.choice([j for j, q in enumerate(prompts) if q.object != p.object]) for p in prompts
+    ]
+    st = prompt_states(adapter, prompts, lre.object_layer_, aggregation=lre.object_aggregation)
+    o = st.object[lre.object_layer_]
+    deltas = (o[pairs] - o) @ lre.invert(rank).T
+    rand = torch.randn(deltas.shape, generator=torch.Generator().manual_seed(seed))
+    rand = rand / rand.norm(dim=-1, keepdim=True) * deltas.norm(dim=-1, keepdim=True)
+    enc = encode_prompts(adapter, prompts, with_answer=False)
+    answer = encode_prompts(adapter, prompts, with_answer=True).answer_ids
+    rows, last = torch.arange(len(prompts)), torch.tensor([p[0] for p in enc.object_positions])
+    hits = {}
+    for name, d in (("edit", deltas), ("control", rand)):
+
+        def hook(x, hook=None, d=d):
+            x = x.clone()
+            x[rows, enc.subject_positions] += d.to(x.dtype)
+            return x
+
+        name_l = adapter.hook_name("resid_post", lre.subject_layer_)
+        top = adapter.forward(enc.batch, [(name_l, hook)])[rows, last].argmax(-1)
+        hits[name] = [int(t) == answer[j][0] for t, j in zip(top, pairs, strict=True)]
+    assert got.score == np.mean(hits["edit"])
+    assert got.control_score == np.mean(hits["control"])
+
+
+def test_mean_difference_baseline_is_the_mean_difference_estimator():
+    from semhooks import MeanDifference
+
+    g = torch.Generator().manual_seed(1)
+    X = torch.randn(30, 8, generator=g)
+    y = [str(i % 3) for i in range(30)]
+    V = fit_baselines(X, y, ["mean_difference"])["mean_difference"].vectors
+    for i, c in enumerate(["0", "1", "2"]):
+        ref = X[[a == c for a in y]].mean(0) - X[[a != c for a in y]].mean(0)
+        torch.testing.assert_close(V[i], ref / ref.norm(), atol=1e-6, rtol=1e-5)
+        est = MeanDifference(pos_label=c, normalize=True).fit(X, np.asarray(y))
+        torch.testing.assert_close(V[i], est.direction_)

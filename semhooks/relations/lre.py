@@ -276,14 +276,14 @@ class LRE(BaseEstimator):
     def faithfulness(self, model: Any, prompts: Sequence[RelationPrompt]) -> Any:
         """Top-1 agreement of the decoded LRE with the model (see
         :func:`semhooks.relations.evaluation.faithfulness`)."""
-        from semhooks.relations.evaluation import faithfulness
+        from semhooks.relations.evaluation.lre_metrics import faithfulness
 
         return faithfulness(self, model, prompts)
 
     def causality(self, model: Any, prompts: Sequence[RelationPrompt], rank: int) -> Any:
         """Hernandez causality of rank-``rank`` inverse edits (see
         :func:`semhooks.relations.evaluation.hernandez_causality`)."""
-        from semhooks.relations.evaluation import hernandez_causality
+        from semhooks.relations.evaluation.lre_metrics import hernandez_causality
 
         return hernandez_causality(self, model, prompts, rank=rank)
 

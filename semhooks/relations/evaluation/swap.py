@@ -1,0 +1,177 @@
+"""The concept swap of Chanin et al. 2024, with its random-direction control.
+
+At the subject's last token, ``h <- h + alpha ||h|| (v_target - v_source)`` at every layer or
+one layer (through :class:`semhooks.interventions.Swap`); success when the target answer's
+probability (the minimum over its tokens, teacher forced) beats the original answer's. The
+control swaps random unit vectors at the same angle (:func:`semhooks.interventions.random_control`).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from sklearn.utils.validation import check_is_fitted
+from torch import Tensor
+
+from semhooks.backend.adapter import adapt
+from semhooks.interventions import Swap, intervene, random_control
+from semhooks.relations.checks import check_prompts
+from semhooks.relations.evaluation.baselines import Baseline
+from semhooks.relations.lrc import LRC, Concept
+from semhooks.relations.prompts import RelationPrompt, encode_prompts
+
+__all__ = ["SwapResult", "causal_swap", "pick_targets"]
+
+
+def pick_targets(prompts: Sequence[RelationPrompt], pool: Sequence[str], seed: int) -> list[str]:
+    """For each prompt an object from ``pool`` other than its own (seeded)."""
+    rng = random.Random(seed)
+    out = []
+    for p in prompts:
+        others = [o for o in pool if o != p.object]
+        if not others:
+            raise ValueError(
+                f"no target object other than {p.object!r} to edit towards; causality needs "
+                "prompts (or concepts) with at least two objects"
+            )
+        out.append(rng.choice(others))
+    return out
+
+
+@dataclass
+class SwapResult:
+    """Causal swap outcome.
+
+    ``score``: fraction of prompts where the target answer's probability (min over its
+    tokens) beats the source answer's after the swap; ``control_score``: the same with the
+    random-direction control; ``baseline_score``: the same without any intervention.
+    """
+
+    score: float
+    control_score: float
+    baseline_score: float
+    n: int
+    alpha: float
+    layers: Any
+    targets: list[str] = field(default_factory=list)
+    success: list[bool] = field(default_factory=list)
+
+    def __repr__(self) -> str:
+        return (
+            f"SwapResult(score={self.score:.3f}, control_score={self.control_score:.3f}, "
+            f"baseline_score={self.baseline_score:.3f}, n={self.n}, alpha={self.alpha})"
+        )
+
+
+def _concept_vectors(concepts: Any) -> dict[str, Tensor]:
+    if isinstance(concepts, LRC):
+        check_is_fitted(concepts, "vectors_")
+        return {o: concepts.vectors_[i] for i, o in enumerate(concepts.classes_)}
+    if isinstance(concepts, Baseline):
+        return {o: concepts.vectors[i] for i, o in enumerate(concepts.classes)}
+    if isinstance(concepts, Mapping):
+        out = {}
+        for k, v in concepts.items():
+            vec = v.vector if isinstance(v, Concept) else v
+            out[str(k)] = torch.as_tensor(vec, dtype=torch.float32)
+        return out
+    raise TypeError(
+        "concepts must be a fitted LRC, a Baseline, or a {object: vector or Concept} mapping"
+    )
+
+
+def _answer_min_prob(logits: Tensor, positions: list[list[int]], ids: list[list[int]]) -> Tensor:
+    logp = logits.float().log_softmax(-1)
+    out = []
+    for r, (pos, tid) in enumerate(zip(positions, ids, strict=True)):
+        out.append(logp[r, pos, tid].min())
+    return torch.stack(out).cpu()
+
+
+def causal_swap(
+    concepts: Any,
+    model: Any,
+    prompts: Sequence[RelationPrompt],
+    *,
+    alpha: float = 0.05,
+    layers: int | Sequence[int] | Literal["all"] = "all",
+    targets: Sequence[str] | None = None,
+    control: bool = True,
+    scale: Literal["norm", "projection"] = "norm",
+    seed: int = 0,
+    batch_size: int = 8,
+) -> SwapResult:
+    """Swap each prompt's concept for another object's and check the answer flips.
+
+    At the subject's last token, ``h <- h + alpha ||h|| (v_target - v_source)`` at ``layers``
+    (``"all"``, one layer or a list; site ``resid_post``), via
+    :class:`semhooks.interventions.Swap`. Success when ``min_t p(target_t) > min_t
+    p(source_t)`` over the answers' tokens, teacher forced (multi-token objects work).
+
+    Args:
+        concepts: a fitted :class:`LRC`, a :class:`Baseline`, or ``{object: vector}``.
+        prompts: test prompts whose objects have concepts.
+        targets: one target object per prompt (default: a random other object, seeded).
+        control: also run the random-direction control (random unit vectors at the same
+            angle as each source/target pair).
+        scale: ``"norm"`` (Chanin et al.: ``alpha ||h||``) or ``"projection"``
+            (``alpha (h . v_source)``; see :class:`semhooks.interventions.Swap`).
+    """
+    adapter = adapt(model)
+    prompts = check_prompts(prompts, "causal_swap")
+    vecs = _concept_vectors(concepts)
+    missing = sorted({p.object for p in prompts} - set(vecs))
+    if missing:
+        raise ValueError(
+            f"no concept for objects {missing[:5]}: causal_swap needs prompts whose objects "
+            "have concepts (test prompts of the same relation)"
+        )
+    if targets is None:
+        targets = pick_targets(prompts, sorted(vecs), seed)
+    targets = list(targets)
+    if len(targets) != len(prompts):
+        raise ValueError(f"got {len(targets)} targets for {len(prompts)} prompts")
+    layer_spec: Any = "all" if layers == "all" else layers
+    success: list[bool] = []
+    ctrl: list[bool] = []
+    base: list[bool] = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start : start + batch_size]
+        tgt = targets[start : start + batch_size]
+        # two rows per prompt: the original answer, then the target answer
+        rows = []
+        for p, t in zip(chunk, tgt, strict=True):
+            rows.append(p)
+            rows.append(RelationPrompt(p.text, p.subject, t, p.relation, p.template, p.examples))
+        enc = encode_prompts(adapter, rows, with_answer=True)
+        v_from = torch.stack([vecs[p.object] for p in chunk for _ in range(2)])
+        v_to = torch.stack([vecs[t] for t in tgt for _ in range(2)])
+        positions = [[int(p)] for p in enc.subject_positions]
+        swap = Swap(v_from, v_to, alpha=alpha, scale=scale, layers=layer_spec, positions=positions)
+        runs: list[tuple[list[bool], Any]] = [(base, None), (success, swap)]
+        if control:
+            runs.append((ctrl, random_control(swap, seed=seed + start)))
+        for out, iv in runs:
+            if iv is None:
+                logits = adapter.forward(enc.batch)
+            else:
+                with intervene(adapter.model, iv, attention_mask=enc.batch.attention_mask):
+                    logits = adapter.forward(enc.batch)
+            assert logits is not None
+            p_min = _answer_min_prob(logits, enc.object_positions, enc.answer_ids)
+            out.extend((p_min[1::2] > p_min[0::2]).tolist())
+    return SwapResult(
+        score=float(np.mean(success)),
+        control_score=float(np.mean(ctrl)) if control else float("nan"),
+        baseline_score=float(np.mean(base)),
+        n=len(prompts),
+        alpha=alpha,
+        layers=layers,
+        targets=targets,
+        success=success,
+    )
