@@ -19,6 +19,7 @@ from semhooks.data.loaders import (
     load_sst2,
     load_wic,
 )
+from semhooks.estimators.calibrator import SemanticCalibrator
 from semhooks.estimators.directions import MeanDifference, PCADirection, ProbeDirection
 from semhooks.estimators.mi import MINE, GaussianMI, InfoNCE
 from semhooks.estimators.pooler import AttentionPooler
@@ -41,7 +42,7 @@ from semhooks.interventions import (
 from semhooks.interventions.guards import FiniteGuard, NonFiniteError, guard_finite
 from semhooks.io.artifacts import ArtifactError
 from semhooks.relations import LRC, LRE, Concept
-from semhooks.studies.calibration import SemanticCalibrator, calibration_study
+from semhooks.studies.calibration import calibration_study
 from semhooks.studies.emergence import EmergenceResult, entity_lists, information_emergence
 from semhooks.studies.lexical import WiCResult, wic_study
 from semhooks.studies.patching import (

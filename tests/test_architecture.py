@@ -31,9 +31,7 @@ KNOWN_PRIVATE_IMPORTS = {
 KNOWN_LARGE = {
     "semhooks.data.loaders": 652,
     "semhooks.extraction.states": 1043,
-    "semhooks.studies.calibration": 907,
     "semhooks.studies.emergence": 1357,
-    "semhooks.studies.lexical": 862,
     "semhooks.studies.vocab": 776,
 }
 

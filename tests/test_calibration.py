@@ -12,10 +12,10 @@ from sklearn.model_selection import cross_val_score
 
 from semhooks import adapt
 from semhooks.data.loaders import TextClassificationDataset
+from semhooks.estimators.calibrator import ResidualAdapter
 from semhooks.io.artifacts import ArtifactError
 from semhooks.studies.calibration import (
     SemanticCalibrator,
-    _ResidualAdapter,
     calibration_study,
     icl_prompt,
     label_word_logits,
@@ -64,7 +64,7 @@ def test_calibration_learns_synthetic_clusters_and_ari_rises():
 
 
 def test_adapter_is_identity_at_init():
-    module = _ResidualAdapter(16, 32, 0.0)
+    module = ResidualAdapter(16, 32, 0.0)
     h = torch.randn(5, 16)
     out = module(h)
     torch.testing.assert_close(out, h / h.pow(2).mean(-1, keepdim=True).sqrt())
