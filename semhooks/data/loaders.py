@@ -27,6 +27,7 @@ from types import MappingProxyType
 
 import numpy as np
 import numpy.typing as npt
+from sklearn.model_selection import train_test_split
 
 from semhooks.data import data_file
 
@@ -358,17 +359,6 @@ def load_wic(
 # --------------------------------------------------------------------------------------------
 
 
-def _allocate(total: int, weights: npt.NDArray[np.float64]) -> npt.NDArray[np.int64]:
-    """Split ``total`` into integer parts proportional to ``weights`` (largest remainder)."""
-    quota = total * weights / weights.sum()
-    parts = np.floor(quota).astype(np.int64)
-    remainder = total - int(parts.sum())
-    # stable sort: ties go to the lower class index, so the allocation is deterministic
-    order = np.argsort(-(quota - parts), kind="stable")
-    parts[order[:remainder]] += 1
-    return parts
-
-
 @dataclass
 class TextClassificationDataset:
     """Texts with integer class labels.
@@ -467,7 +457,13 @@ class TextClassificationDataset:
                         "balanced=False"
                     )
         else:
-            want = _allocate(n, np.array([len(g) for g in groups], dtype=np.float64))
+            suffix = f"[subsample n={n} seed={seed} stratified]"
+            if n == len(self):
+                return self.take(np.arange(n), suffix)
+            chosen_idx, _ = train_test_split(
+                np.arange(len(self)), train_size=n, stratify=self.labels, random_state=seed
+            )
+            return self.take(np.sort(chosen_idx), suffix)
         rng = np.random.default_rng(seed)
         chosen = [
             rng.choice(g, size=int(w), replace=False) for g, w in zip(groups, want, strict=True)
@@ -502,12 +498,10 @@ class TextClassificationDataset:
                 f"{self.name}: test_size={test_size!r} gives {n_test} test items of {n}; "
                 "both parts must be non-empty"
             )
-        groups = self._by_class()
-        per_class = _allocate(n_test, np.array([len(g) for g in groups], dtype=np.float64))
-        rng = np.random.default_rng(seed)
-        test = [rng.permutation(g)[:t] for g, t in zip(groups, per_class, strict=True)]
-        test_idx = np.sort(np.concatenate(test))
-        train_idx = np.setdiff1d(np.arange(n), test_idx)
+        train_idx, test_idx = train_test_split(
+            np.arange(n), test_size=n_test, stratify=self.labels, random_state=seed
+        )
+        train_idx, test_idx = np.sort(train_idx), np.sort(test_idx)
         tag = f"seed={seed}"
         return self.take(train_idx, f"[train {tag}]"), self.take(test_idx, f"[test {tag}]")
 

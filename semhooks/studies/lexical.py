@@ -52,6 +52,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 from jaxtyping import Bool, Float
+from sklearn.model_selection import train_test_split
 from torch import Tensor
 
 from semhooks.backend.adapter import adapt
@@ -352,7 +353,18 @@ def _subsample(
         return items, list(range(len(items)))
     if n < 1:
         raise ValueError(f"{what}: n={n} must be at least 1")
-    idx = np.sort(np.random.default_rng(seed).choice(len(items), size=n, replace=False))
+    labels = [it.label for it in items]
+    # stratified by gold label when every item has one (a seeded draw keeping the T/F ratio)
+    strat = None
+    if all(lab is not None for lab in labels):
+        counts = np.unique(np.asarray(labels, dtype=bool), return_counts=True)[1]
+        k = len(counts)
+        if min(counts) >= 2 and n >= k and len(items) - n >= k:
+            strat = labels
+    idx, _ = train_test_split(
+        np.arange(len(items)), train_size=n, random_state=seed, stratify=strat
+    )
+    idx = np.sort(idx)
     return [items[i] for i in idx.tolist()], idx.tolist()
 
 
