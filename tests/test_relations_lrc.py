@@ -166,6 +166,55 @@ def test_swap_and_causality_run_on_tiny(tiny_llama, toy_lrc):
     assert fa.n == len(prompts) and len(fa.lre_tokens) == len(prompts)
 
 
+def test_swap_baseline_reuse_equals_a_fresh_run_and_skips_only_that_forward(
+    tiny_llama, toy_lrc, monkeypatch
+):
+    from semhooks import adapt
+    from semhooks.relations.prompts import encode_prompts
+
+    prompts = toy_prompts()
+    fresh = causal_swap(toy_lrc, tiny_llama, prompts, alpha=0.5, seed=0)
+    # the baseline outcomes equal a reference from the full forward's logits
+    adapter = adapt(tiny_llama)
+    rows = []
+    for p, t in zip(prompts, fresh.targets, strict=True):
+        rows += [p, RelationPrompt(p.text, p.subject, t, p.relation, p.template, p.examples)]
+    enc = encode_prompts(adapter, rows, with_answer=True)
+    logp = adapter.forward(enc.batch).float().log_softmax(-1)
+    p_min = torch.stack(
+        [
+            logp[r, pos, tid].min()
+            for r, (pos, tid) in enumerate(zip(enc.object_positions, enc.answer_ids))
+        ]
+    )
+    assert fresh.baseline == (p_min[1::2] > p_min[0::2]).tolist()
+
+    calls = []
+    real = type(adapter).logits_at
+
+    def counting(self, *args, **kwargs):
+        calls.append(1)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(adapter), "logits_at", counting)
+    again = causal_swap(toy_lrc, tiny_llama, prompts, alpha=0.5, seed=0, baseline=fresh)
+    assert len(calls) == 2  # swap + control; the un-intervened forward was reused
+    assert (again.score, again.control_score, again.baseline_score, again.baseline) == (
+        fresh.score,
+        fresh.control_score,
+        fresh.baseline_score,
+        fresh.baseline,
+    )
+    # other targets (or prompts): the baseline no longer applies and is recomputed
+    calls.clear()
+    other = causal_swap(toy_lrc, tiny_llama, prompts, alpha=0.5, seed=1, baseline=fresh)
+    if other.targets != fresh.targets:
+        assert len(calls) == 3
+    calls.clear()
+    causal_swap(toy_lrc, tiny_llama, prompts[:-1], alpha=0.5, seed=0, baseline=fresh)
+    assert len(calls) == 3
+
+
 def test_table_markdown_per_relation_and_category():
     from semhooks.relations.evaluation import RelationEvaluation
 

@@ -136,6 +136,7 @@ def evaluate_relation(
         fitted = fit_baselines(h_train, [p.object for p in train], baselines, seed=seed)
         methods += [(k, b) for k, b in fitted.items()]
     rows = []
+    first_swap = None
     # test prompts whose object has a concept: all of them by construction of the split
     for name, est in methods:
         pred = est.predict_states(h_test)
@@ -145,7 +146,10 @@ def evaluate_relation(
             "n_test": len(test),
         }
         if causality:
-            sw = causal_swap(est, model, test, alpha=alpha, layers=swap_layers, seed=seed)
+            sw = causal_swap(
+                est, model, test, alpha=alpha, layers=swap_layers, seed=seed, baseline=first_swap
+            )
+            first_swap = first_swap or sw
             row.update(causality=sw.score, control=sw.control_score, baseline=sw.baseline_score)
         rows.append(row)
     lre = copy.copy(lrc.lre_).set_params(beta=beta)

@@ -60,6 +60,10 @@ class SwapResult:
     layers: Any
     targets: list[str] = field(default_factory=list)
     success: list[bool] = field(default_factory=list)
+    #: per prompt, the outcome without intervention (``baseline_score`` is its mean)
+    baseline: list[bool] = field(default_factory=list)
+    #: what decides ``baseline``: model, prompts, answers, targets and batching
+    baseline_key: tuple[Any, ...] = field(default=(), repr=False, compare=False)
 
     def __repr__(self) -> str:
         return (
@@ -85,11 +89,12 @@ def _concept_vectors(concepts: Any) -> dict[str, Tensor]:
     )
 
 
-def _answer_min_prob(logits: Tensor, positions: list[list[int]], ids: list[list[int]]) -> Tensor:
-    logp = logits.float().log_softmax(-1)
+def _answer_min_prob(logits: Sequence[Tensor], ids: list[list[int]]) -> Tensor:
+    """Per row, ``min_t log p(answer_t)`` from that row's logits at its answer positions."""
     out = []
-    for r, (pos, tid) in enumerate(zip(positions, ids, strict=True)):
-        out.append(logp[r, pos, tid].min())
+    for row, tid in zip(logits, ids, strict=True):
+        logp = row.float().log_softmax(-1)
+        out.append(logp[torch.arange(len(tid)), tid].min())
     return torch.stack(out).cpu()
 
 
@@ -105,6 +110,7 @@ def causal_swap(
     scale: Literal["norm", "projection"] = "norm",
     seed: int = 0,
     batch_size: int = 8,
+    baseline: SwapResult | None = None,
 ) -> SwapResult:
     """Swap each prompt's concept for another object's and check the answer flips.
 
@@ -121,6 +127,13 @@ def causal_swap(
             angle as each source/target pair).
         scale: ``"norm"`` (Chanin et al.: ``alpha ||h||``) or ``"projection"``
             (``alpha (h . v_source)``; see :class:`semhooks.interventions.Swap`).
+        baseline: an earlier result whose no-intervention outcomes are reused when they
+            were computed on the same model, prompts, answers, targets and batch size (the
+            un-intervened forward is the same for every concept set compared on one split);
+            if any of these differs they are recomputed. The model is recognised by identity:
+            do not pass a result from before its weights were changed in place.
+
+    Only the answer positions are unembedded (:meth:`ModelAdapter.logits_at`).
     """
     adapter = adapt(model)
     prompts = check_prompts(prompts, "causal_swap")
@@ -137,9 +150,21 @@ def causal_swap(
     if len(targets) != len(prompts):
         raise ValueError(f"got {len(targets)} targets for {len(prompts)} prompts")
     layer_spec: Any = "all" if layers == "all" else layers
+    key = (
+        id(adapter.model),
+        adapter.name,
+        batch_size,
+        tuple((p.text, p.object) for p in prompts),
+        tuple(targets),
+    )
+    reuse = (
+        baseline is not None
+        and baseline.baseline_key == key
+        and len(baseline.baseline) == len(prompts)
+    )
     success: list[bool] = []
     ctrl: list[bool] = []
-    base: list[bool] = []
+    base: list[bool] = list(baseline.baseline) if reuse and baseline is not None else []
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start : start + batch_size]
         tgt = targets[start : start + batch_size]
@@ -153,17 +178,18 @@ def causal_swap(
         v_to = torch.stack([vecs[t] for t in tgt for _ in range(2)])
         positions = [[int(p)] for p in enc.subject_positions]
         swap = Swap(v_from, v_to, alpha=alpha, scale=scale, layers=layer_spec, positions=positions)
-        runs: list[tuple[list[bool], Any]] = [(base, None), (success, swap)]
+        runs: list[tuple[list[bool], Any]] = [(success, swap)]
+        if not reuse:
+            runs.insert(0, (base, None))
         if control:
             runs.append((ctrl, random_control(swap, seed=seed + start)))
         for out, iv in runs:
             if iv is None:
-                logits = adapter.forward(enc.batch)
+                logits = adapter.logits_at(enc.batch, enc.object_positions)
             else:
                 with intervene(adapter.model, iv, attention_mask=enc.batch.attention_mask):
-                    logits = adapter.forward(enc.batch)
-            assert logits is not None
-            p_min = _answer_min_prob(logits, enc.object_positions, enc.answer_ids)
+                    logits = adapter.logits_at(enc.batch, enc.object_positions)
+            p_min = _answer_min_prob(logits, enc.answer_ids)
             out.extend((p_min[1::2] > p_min[0::2]).tolist())
     return SwapResult(
         score=float(np.mean(success)),
@@ -174,4 +200,6 @@ def causal_swap(
         layers=layers,
         targets=targets,
         success=success,
+        baseline=base,
+        baseline_key=key,
     )
