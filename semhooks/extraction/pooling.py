@@ -155,9 +155,8 @@ class AttentionPooler:
 
     def fit(self, token_states: Any, labels: Any) -> AttentionPooler:
         """Fit on a ``LayerStates`` with ``pool=None`` (one row per token) and item labels."""
-        from semhooks.extraction.states import LayerStates
-
-        if not isinstance(token_states, LayerStates) or token_states.item_index is None:
+        # Duck-typed (no import of LayerStates: the states module imports this one).
+        if getattr(token_states, "item_index", None) is None or not hasattr(token_states, "padded"):
             raise ValueError("AttentionPooler.fit needs LayerStates from extract_states(pool=None)")
         y_raw = np.asarray(labels)
         self.classes_, y_idx = np.unique(y_raw, return_inverse=True)
@@ -219,3 +218,22 @@ class AttentionPooler:
 
 
 PoolFn = Callable[[Tensor, Tensor], Tensor]
+
+
+def pool_or_keep(
+    acts: Float[Tensor, "batch pos d"],
+    selection: Bool[Tensor, "batch pos"],
+    how: str | None,
+    pool_weights: Any = None,
+    layer: int = 0,
+) -> Float[Tensor, "batch_or_token d"]:
+    """The selected tokens of ``acts`` pooled per row (``[batch, d]``), or with ``how=None``
+    every selected token kept as a row (``[n_selected, d]``, row-major).
+
+    ``pool_weights`` (for ``how="weighted"``): an :class:`AttentionPooler` or a callable
+    ``(acts, layer) -> scores [batch, pos]``.
+    """
+    if how is None:
+        return acts[selection]
+    scores = scores_for(pool_weights, acts, layer) if how == "weighted" else None
+    return pool(acts, selection, how, scores=scores)
