@@ -30,7 +30,6 @@ KNOWN_LARGE = {
     "semhooks.estimators.mi": 1016,
     "semhooks.relations.evaluation": 774,
     "semhooks.studies.calibration": 907,
-    "semhooks.studies.emergence": 1357,
     "semhooks.studies.lexical": 862,
     "semhooks.studies.vocab": 776,
 }

@@ -113,3 +113,16 @@ def test_batch_from_ids_equals_the_tokenizer_batch(tiny_llama):
     sites = _all_sites(a)
     x, y = read(a, batch, sites).values, read(a, made, sites).values
     assert all(torch.equal(x[la], y[la]) for la in sites)
+
+
+def test_an_edit_on_the_read_site_is_seen_by_the_read(tiny_gpt2):
+    a = adapt(tiny_gpt2)
+    batch = a.tokenize(TEXTS)
+    site = {0: a.hook_name("resid_post", 0)}
+
+    def add_one(x, hook):
+        return x + 1.0
+
+    plain = read(a, batch, site).values[0]
+    edited = read(a, batch, site, edits=[(site[0], add_one)]).values[0]
+    assert torch.allclose(edited, plain + 1.0)
