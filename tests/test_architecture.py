@@ -26,7 +26,6 @@ KNOWN_PRIVATE_IMPORTS = {
     ("semhooks/relations/lrc.py", "_check_prompts"),
 }
 KNOWN_LARGE = {
-    "semhooks.data.loaders": 652,
     "semhooks.estimators.mi": 1016,
     "semhooks.relations.evaluation": 774,
     "semhooks.studies.calibration": 907,
