@@ -126,3 +126,18 @@ def test_an_edit_on_the_read_site_is_seen_by_the_read(tiny_gpt2):
     plain = read(a, batch, site).values[0]
     edited = read(a, batch, site, edits=[(site[0], add_one)]).values[0]
     assert torch.allclose(edited, plain + 1.0)
+
+
+def test_a_slice_of_a_plan_equals_the_same_rows_of_the_whole(tiny_llama):
+    """Shards and ranks run slices of one ExtractionPlan: item ids index the whole corpus
+    (explicit positions are per text), whatever the slice and its order."""
+    import dataclasses
+
+    from semhooks.extraction.plan import extract_items, plan_extraction
+
+    plan = plan_extraction(tiny_llama, TEXTS, tokens=[[1], [-1], [0, 2]], pool="mean")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        plan.pool = "max"  # type: ignore[misc]
+    whole = extract_items(plan).states
+    part = extract_items(plan, [2, 0]).states
+    torch.testing.assert_close(part, whole[:, [2, 0]])
