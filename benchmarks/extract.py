@@ -48,14 +48,17 @@ def run_variant(variant: str, n_texts: int, batch_size: int, threads: int) -> di
     import torch
 
     import semhooks as sh
+    from semhooks.extraction.plan import length_batches
     from semhooks.extraction.pooling import pool_mean
-    from semhooks.extraction.states import _batches, select_tokens
+    from semhooks.extraction.selection import select_tokens
 
     torch.set_num_threads(threads)
     model = sh.load_model("smollm2-135m")
     a = sh.adapt(model)
     texts = make_texts(n_texts)
-    batches = [a.tokenize([texts[i] for i in idx]) for idx in _batches(a, texts, batch_size, True)]
+    batches = [
+        a.tokenize([texts[i] for i in idx]) for idx in length_batches(a, texts, batch_size, True)
+    ]
     n_tokens = int(sum(int(b.attention_mask.sum()) for b in batches))
     # warm-up on one batch (allocator, kernels)
     a.forward(batches[-1])

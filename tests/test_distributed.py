@@ -114,18 +114,18 @@ def test_two_ranks_in_sequence_merge_to_the_single_process_result(
 
 def test_failed_rank_resumes_without_recomputing_finished_shards(tiny_llama, tmp_path, monkeypatch):
     reference = sh.extract_states(tiny_llama, TEXTS, tokens="all", progress=False)
-    real = dist_mod._extract_shard
+    real = dist_mod.extract_shard
     calls: list[int] = []
     crashed: list[int] = []
 
-    def flaky(adapter, texts, k, *args, **kwargs):
+    def flaky(plan, k, *args, **kwargs):
         calls.append(k)
         if k == 2 and not crashed:
             crashed.append(k)
             raise RuntimeError("simulated crash on the third shard")
-        return real(adapter, texts, k, *args, **kwargs)
+        return real(plan, k, *args, **kwargs)
 
-    monkeypatch.setattr(dist_mod, "_extract_shard", flaky)
+    monkeypatch.setattr(dist_mod, "extract_shard", flaky)
     out = tmp_path / "dp"
     with pytest.raises(DistributedError, match="simulated crash"):
         extract_states_distributed(

@@ -344,3 +344,52 @@ def test_smollm2_entity_lists_and_bos_convention(smollm2):
     v = int(pairs.micro_vocab[0])
     ref = _states(smollm2, [1, v], 30)
     torch.testing.assert_close(pairs.micro[3, 0], ref[1], atol=1e-3, rtol=1e-3)
+
+
+# ------------------------------------------------------------------------ planted effect
+def test_a_label_planted_from_one_block_on_is_found_at_that_block(tiny_llama):
+    """A sequence-level label written into block L's output (and so carried to every later
+    depth) is read back by collect_pairs exactly there, and moves the IE profile first at L."""
+    adapter = adapt(tiny_llama)
+    planted_block = 1
+    texts = _texts(40, seed=7)
+    batch = adapter.tokenize(texts)
+    first = batch.input_ids[:, 1]  # the first content token decides the label
+    vocab_label = {int(t): 1.0 if i % 2 else -1.0 for i, t in enumerate(torch.unique(first))}
+    v = torch.zeros(adapter.d_model)
+    v[3] = 50.0
+
+    def plant(x, hook):
+        label = torch.tensor([vocab_label.get(int(t), 0.0) for t in hook_ids[0][:, 1]])
+        return x + label[:, None, None].to(x.dtype) * v
+
+    # The plant needs the ids of the batch it runs on: read them from the embedding hook.
+    hook_ids: list[torch.Tensor] = []
+
+    def ids_hook(ids, hook):
+        hook_ids[:] = [ids]
+        return ids
+
+    kw = {"positions": [1, 2, 3], "batch_size": 16, "progress": False}
+    base = collect_pairs(tiny_llama, texts, **kw)
+    site = adapter.hook_name("resid_post", planted_block)
+    with adapter.hooks([("embed.hook_in", ids_hook), (site, plant)]):
+        planted = collect_pairs(tiny_llama, texts, **kw)
+    label = torch.tensor([vocab_label[int(t)] for t in first])
+    for depth in base.depths:
+        shift = planted.macro[depth] - base.macro[depth]  # [item, cell, d]
+        if depth <= planted_block:
+            assert torch.equal(shift, torch.zeros_like(shift)), depth
+    # depth planted_block + 1 is block planted_block's output: exactly label * v at every cell
+    shift = planted.macro[planted_block + 1] - base.macro[planted_block + 1]
+    expect = label[:, None, None] * v
+    torch.testing.assert_close(shift, expect.expand_as(shift), atol=1e-3, rtol=0)
+    with warnings.catch_warnings():  # tiny samples sit near their ceilings
+        warnings.simplefilter("ignore", RuntimeWarning)
+        ie_base = estimate_emergence(base, GaussianMI(), reduce_dim=4, progress=False).ie
+        ie_planted = estimate_emergence(planted, GaussianMI(), reduce_dim=4, progress=False).ie
+    changed = [b for b in range(ie_base.shape[0]) if not np.allclose(ie_base[b], ie_planted[b])]
+    assert changed and changed[0] == planted_block, (changed, ie_base, ie_planted)
+    # t = 1 is IE = 0 by construction; every later position of the planted block moves
+    moved = np.abs(ie_planted[planted_block] - ie_base[planted_block])
+    assert moved[0] == 0 and (moved[1:] > 1e-2).all(), moved

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from semhooks import adapt, extract_states
-from semhooks.extraction import states as states_module
+from semhooks.extraction import plan as plan_module
 from semhooks.relations.jacobian import CACHE_TOLERANCE, SubjectObjectMap, mean_jacobian
 from semhooks.relations.lre import LRE
 from semhooks.relations.prompts import RelationPrompt
@@ -69,7 +69,7 @@ def test_extraction_stops_after_the_deepest_layer_and_pools_in_the_hook(smollm2,
         b.register_forward_pre_hook(lambda m, i, k=k: ran.append(k)) for k, b in enumerate(blocks)
     ]
     pooled: list[tuple[tuple[int, ...], tuple[int, ...]]] = []
-    real_pool = states_module._pool_or_keep
+    real_pool = plan_module.pool_or_keep
 
     def spy(acts, sel, how, weights, layer):
         out = real_pool(acts, sel, how, weights, layer)
@@ -79,7 +79,7 @@ def test_extraction_stops_after_the_deepest_layer_and_pools_in_the_hook(smollm2,
     def no_cache(*a, **k):
         raise AssertionError("extract_states built a full activation cache")
 
-    monkeypatch.setattr(states_module, "_pool_or_keep", spy)
+    monkeypatch.setattr(plan_module, "pool_or_keep", spy)
     monkeypatch.setattr(smollm2, "run_with_cache", no_cache)
     texts = ["The cat sat on the mat.", "A dog barked twice at the moon tonight."]
     try:

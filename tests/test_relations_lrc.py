@@ -184,7 +184,7 @@ def test_swap_baseline_reuse_equals_a_fresh_run_and_skips_only_that_forward(
     p_min = torch.stack(
         [
             logp[r, pos, tid].min()
-            for r, (pos, tid) in enumerate(zip(enc.object_positions, enc.answer_ids))
+            for r, (pos, tid) in enumerate(zip(enc.object_positions, enc.answer_ids, strict=True))
         ]
     )
     assert fresh.baseline == (p_min[1::2] > p_min[0::2]).tolist()

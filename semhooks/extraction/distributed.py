@@ -38,17 +38,17 @@ import torch
 from tqdm.auto import tqdm
 
 from semhooks.backend.adapter import ModelAdapter, load_model
-from semhooks.extraction.states import (
+from semhooks.extraction.plan import ExtractionPlan, plan_extraction
+from semhooks.extraction.selection import TokenSpec
+from semhooks.extraction.shards import (
     ShardedStates,
-    TokenSpec,
-    _config_difference,
-    _extract_shard,
-    _plan_extraction,
-    _read_manifest,
-    _reusable_shards,
-    _shard_config,
     check_shard_size,
+    config_difference,
+    extract_shard,
     folder_lock,
+    read_manifest,
+    reusable_shards,
+    shard_config,
 )
 from semhooks.io.artifacts import ArtifactError, atomic_write_json
 from semhooks.io.fingerprint import content_sha256, file_sha256
@@ -148,7 +148,7 @@ def _read_manifests(folder: Path) -> tuple[list[tuple[Path, dict[str, Any]]], li
     for path in paths:
         if path.is_file():
             try:
-                found.append((path, _read_manifest(path)))
+                found.append((path, read_manifest(path)))
             except ArtifactError:
                 damaged.append(path)
     return found, damaged
@@ -172,7 +172,7 @@ def _verified_entries(
         if manifest.get("config") != reference:
             raise ArtifactError(
                 f"{path} describes another extraction "
-                f"({_config_difference(manifest.get('config'), reference or {})}); "
+                f"({config_difference(manifest.get('config'), reference or {})}); "
                 "use a new out_dir"
             )
         for entry in manifest.get("shards", []):
@@ -286,26 +286,29 @@ def extract_states_distributed(
     try:
         if pool is None:
             raise ValueError("streaming to shards needs a pooling (pool=None keeps every token)")
-        adapter, corpus, layer_list, selector, provenance = _plan_extraction(
-            _resolve_model(model, state), texts, layers, site, tokens, pool, batch_size
+        plan = plan_extraction(
+            _resolve_model(model, state),
+            texts,
+            layers,
+            site,
+            tokens,
+            pool,
+            pool_weights=pool_weights,
+            batch_size=batch_size,
+            padding_side=padding_side,
+            truncate=truncate,
+            sort_by_length=sort_by_length,
         )
         shard_size = check_shard_size(shard_size)
         folder.mkdir(parents=True, exist_ok=True)
-        config = _shard_config(
-            adapter, corpus, layer_list, site, selector, pool, shard_size, pool_weights, truncate
-        )
-        key = content_sha256(config)
-        mine = shard_plan(len(corpus), shard_size, world, rank)
+        config = shard_config(plan, shard_size)
+        mine = shard_plan(len(plan.texts), shard_size, world, rank)
     except Exception:
         error = traceback.format_exc()
     _check_all(error, state, "planning the extraction")
     try:
         with folder_lock(folder, shared=True):
-            _extract_rank_shards(
-                adapter, corpus, folder, config, key, mine, provenance, rank, world, progress,
-                layer_list, site, selector, pool, pool_weights, batch_size, padding_side,
-                truncate, sort_by_length,
-            )  # fmt: skip
+            _extract_rank_shards(plan, folder, config, mine, rank, world, progress)
     except Exception:
         error = traceback.format_exc()
     _check_all(error, state, "extracting shards")
@@ -319,33 +322,22 @@ def extract_states_distributed(
 
 
 def _extract_rank_shards(
-    adapter: ModelAdapter,
-    corpus: list[str],
+    plan: ExtractionPlan,
     folder: Path,
     config: dict[str, Any],
-    key: str,
     mine: list[int],
-    provenance: dict[str, Any],
     rank: int,
     world: int,
     progress: bool,
-    layer_list: list[int],
-    site: str,
-    selector: TokenSpec,
-    pool: str,
-    pool_weights: Any,
-    batch_size: int,
-    padding_side: str,
-    truncate: bool,
-    sort_by_length: bool,
 ) -> None:
     """This rank's shards into ``folder``, recorded in its rank manifest after each one."""
     shard_size = int(config["shard_size"])
+    key = content_sha256(config)
+    n_items = len(plan.texts)
+    provenance = plan.provenance
     # A rank reuses every shard on disk that belongs to this extraction: listed by any
     # manifest, or vouched for by its own header when no readable manifest lists it.
-    done = {
-        k * shard_size: entry for k, entry in _reusable_shards(folder, config, len(corpus)).items()
-    }
+    done = {k * shard_size: entry for k, entry in reusable_shards(folder, config, n_items).items()}
     entries: dict[int, dict[str, Any]] = {}
     rank_manifest = folder / _RANK_MANIFEST.format(rank=rank)
 
@@ -354,7 +346,7 @@ def _extract_rank_shards(
             rank_manifest,
             {
                 "config": config,
-                "n_items": len(corpus),
+                "n_items": n_items,
                 "provenance": {**provenance, "world_size": world},
                 "rank": rank,
                 "shards": [entries[s] for s in sorted(entries)],
@@ -366,23 +358,8 @@ def _extract_rank_shards(
         if start in done:
             entries[start] = done[start]
             continue
-        entries[start] = _extract_shard(
-            adapter,
-            corpus,
-            k,
-            shard_size,
-            folder,
-            {**provenance, "rank": rank, "world_size": world},
-            layer_list,
-            site,
-            selector,
-            pool,
-            pool_weights,
-            batch_size,
-            padding_side,
-            truncate,
-            sort_by_length,
-            key,
+        entries[start] = extract_shard(
+            plan, k, shard_size, folder, key, {"rank": rank, "world_size": world}
         )
         write_rank_manifest()
     # Shards of this rank that were already done still need a rank manifest to merge.
@@ -519,5 +496,4 @@ def fit_lre_distributed(lre: Any, model: Any, prompts: Sequence[Any], state: Any
         progress=lre.progress,
         state=state,
     )
-    lre._svd = None
-    return lre._set_fit(adapter, prompts, res, world_size=int(state.num_processes))
+    return lre.fit_from_jacobian(adapter, prompts, res, world_size=int(state.num_processes))

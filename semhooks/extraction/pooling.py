@@ -133,3 +133,22 @@ def scores_for(pool_weights: Any, acts: Tensor, layer: int) -> Tensor:
 
 
 PoolFn = Callable[[Tensor, Tensor], Tensor]
+
+
+def pool_or_keep(
+    acts: Float[Tensor, "batch pos d"],
+    selection: Bool[Tensor, "batch pos"],
+    how: str | None,
+    pool_weights: Any = None,
+    layer: int = 0,
+) -> Float[Tensor, "batch_or_token d"]:
+    """The selected tokens of ``acts`` pooled per row (``[batch, d]``), or with ``how=None``
+    every selected token kept as a row (``[n_selected, d]``, row-major).
+
+    ``pool_weights`` (for ``how="weighted"``): an :class:`AttentionPooler` or a callable
+    ``(acts, layer) -> scores [batch, pos]``.
+    """
+    if how is None:
+        return acts[selection]
+    scores = scores_for(pool_weights, acts, layer) if how == "weighted" else None
+    return pool(acts, selection, how, scores=scores)

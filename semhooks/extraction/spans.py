@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Union
+from typing import TYPE_CHECKING, Any, Literal, Union
 
-from semhooks.backend.adapter import Tokenized
+if TYPE_CHECKING:  # annotations only: spans never build a batch
+    from semhooks.backend.adapter import Tokenized
 
 Occurrence = Union[Literal["first", "last"], int]
 SpanPart = Literal["all", "first", "last"]

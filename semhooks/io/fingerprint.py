@@ -141,7 +141,7 @@ def model_fingerprint(model: Any) -> dict[str, Any]:
 def selection_sha256(selector: Any, texts: Sequence[str]) -> str:
     """sha256 of a token selection as applied to ``texts``.
 
-    ``selector`` is what ``states._as_selector`` returns: a word (``"last"``...), a
+    ``selector`` is what ``selection.as_selector`` returns: a word (``"last"``...), a
     :class:`~semhooks.extraction.spans.Spans` (its source is resolved on every text, so a callable
     is keyed by what it returns) or one explicit position list per text.
     """

@@ -52,6 +52,7 @@ from tqdm.auto import tqdm
 
 from semhooks.backend.adapter import HookFn, ModelAdapter, StopForward, adapt
 from semhooks.errors import FallbackWarning
+from semhooks.extraction.reader import batch_from_ids, read
 from semhooks.relations.prompts import RelationPrompt, encode_prompts
 
 __all__ = [
@@ -235,20 +236,22 @@ class SubjectObjectMap:
             x[0, p_s] = replace(s0).to(x.dtype)
             return x
 
-        def take(x: Tensor, hook: Any) -> None:
-            if self.s_hook == self.o_hook:
-                x = put(x, hook)
+        def aggregate(key: Any, x: Tensor) -> Tensor:
             o = x[0, p_o]
-            found["o"] = o.mean(0) if self.aggregation == "mean" else o[0]
+            return o.mean(0) if self.aggregation == "mean" else o[0]
+
+        def take(x: Tensor, hook: Any) -> None:  # after ``put`` when both are one hook
+            found["o"] = aggregate("o", x)
             raise StopForward
 
-        hooks: list[tuple[str, HookFn]] = [(self.o_hook, take)]
-        if self.s_hook != self.o_hook:
-            hooks.insert(0, (self.s_hook, put))
-        if prep.cache is not None:
-            adapter.forward_on_cache(ids, adapter.copy_kv_cache(prep.cache), hooks)
+        edits: list[tuple[str, HookFn]] = [(self.s_hook, put)]
+        if prep.cache is None:  # the reader: grad follows the caller, stops after the object
+            found["o"] = read(
+                adapter, batch_from_ids(ids), {"o": self.o_hook}, aggregate, grad=True, edits=edits
+            ).values["o"]
         else:
-            adapter.run_differentiable(ids, torch.ones_like(ids), hooks)
+            hooks = [*edits, (self.o_hook, take)]
+            adapter.forward_on_cache(ids, adapter.copy_kv_cache(prep.cache), hooks)
         if "o" not in found:  # pragma: no cover - a model whose hooks did not fire
             raise RuntimeError(
                 f"hook {self.o_hook} did not fire on {adapter.name}; cannot read the object state"

@@ -156,7 +156,6 @@ class LRE(BaseEstimator):
                 prefix_cache=self.prefix_cache,
                 progress=self.progress,
             )
-            self._svd = None
         else:
             assert self.rank is not None
             res = randomized_jacobian(
@@ -172,8 +171,24 @@ class LRE(BaseEstimator):
                 prefix_cache=self.prefix_cache,
                 progress=self.progress,
             )
-            self._svd = (res.U.float(), res.S.float(), res.Vh.float())
-        return self._set_fit(adapter, prompts, res)
+        return self.fit_from_jacobian(adapter, prompts, res)
+
+    def fit_from_jacobian(
+        self,
+        model: Any,
+        prompts: Sequence[RelationPrompt],
+        res: JacobianResult | LowRankJacobian,
+        **provenance: Any,
+    ) -> LRE:
+        """Set ``W`` and ``b`` from a mean Jacobian already computed over ``prompts`` (e.g.
+        gathered across ranks by :func:`semhooks.extraction.distributed.fit_lre_distributed`);
+        ``provenance`` is recorded with the fit."""
+        self._svd = (
+            (res.U.float(), res.S.float(), res.Vh.float())
+            if isinstance(res, LowRankJacobian)
+            else None
+        )
+        return self._set_fit(adapt(model), prompts, res, **provenance)
 
     def _set_fit(
         self,

@@ -34,7 +34,8 @@ from jaxtyping import Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from semhooks.backend.adapter import ModelAdapter, StopForward, Tokenized, adapt, cache_dir
+from semhooks.backend.adapter import ModelAdapter, Tokenized, adapt, cache_dir
+from semhooks.extraction.reader import read
 from semhooks.extraction.spans import SpanNotFoundError, char_span, char_span_to_positions
 from semhooks.io.artifacts import atomic_write_json
 from semhooks.relations.data import Relation, RelationSample, load
@@ -535,7 +536,7 @@ def prompt_states(
     subj: dict[int, list[Tensor]] = {layer: [] for layer in layer_list}
     objs: dict[int, list[Tensor]] = {layer: [] for layer in layer_list}
     tops: list[Tensor] = []
-    deepest = max(layer_list)
+    sites = {layer: adapter.hook_name("resid_post", layer) for layer in layer_list}
     chunks = [prompts[k : k + batch_size] for k in range(0, len(prompts), batch_size)]
     for chunk in tqdm(chunks, desc="states", disable=not progress or len(chunks) < 2):
         enc = encode_prompts(adapter, chunk, with_answer=use_answer)
@@ -549,21 +550,17 @@ def prompt_states(
                 weights[r, pos[0]] = 1.0
         last_prompt = torch.tensor([pos[0] for pos in enc.object_positions])
 
-        def make(layer: int, rows: Tensor = rows, sp: Tensor = sp, w: Tensor = weights) -> Any:
-            def hook(x: Tensor, hook: Any = None) -> None:
-                xf = x.detach().to("cpu", torch.float32)
-                subj[layer].append(xf[rows, sp])
-                objs[layer].append(torch.einsum("bt,btd->bd", w, xf))
-                if layer == deepest and not top1:
-                    raise StopForward
+        def take(layer: int, x: Tensor, sp: Tensor = sp, w: Tensor = weights) -> Tensor:
+            xf = x.to("cpu", torch.float32)
+            return torch.stack([xf[torch.arange(len(sp)), sp], torch.einsum("bt,btd->bd", w, xf)])
 
-            return hook
-
-        hooks = [(adapter.hook_name("resid_post", layer), make(layer)) for layer in layer_list]
-        logits = adapter.forward(enc.batch, hooks, return_logits=top1)
+        got = read(adapter, enc.batch, sites, take, logits=top1)
+        for layer in layer_list:
+            subj[layer].append(got.values[layer][0])
+            objs[layer].append(got.values[layer][1])
         if top1:
-            assert logits is not None
-            tops.append(logits[rows, last_prompt].argmax(-1).cpu())
+            assert got.logits is not None
+            tops.append(got.logits[rows, last_prompt].argmax(-1).cpu())
     return PromptStates(
         subject={layer: torch.cat(v) for layer, v in subj.items()},
         object={layer: torch.cat(v) for layer, v in objs.items()},

@@ -1,0 +1,143 @@
+"""The one activation reader against TransformerLens' own cache and against itself."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from semhooks.backend.adapter import adapt, leaked_hooks
+from semhooks.extraction.pooling import pool
+from semhooks.extraction.reader import batch_from_ids, read
+
+TEXTS = ["The cat sat on the mat.", "Paris", "A much longer sentence about rivers and hills."]
+
+
+@pytest.fixture(params=["llama", "gpt2", "bert"])
+def model(request):
+    return request.getfixturevalue(f"tiny_{request.param}")
+
+
+def _all_sites(a):
+    return {layer: a.hook_name("resid_post", layer) for layer in range(a.n_layers)}
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_reader_equals_run_with_cache_at_every_layer(model, side):
+    a = adapt(model)
+    batch = a.tokenize(TEXTS, padding_side=side)
+    got = read(a, batch, _all_sites(a)).values
+    _, cache = model.run_with_cache(batch.input_ids, attention_mask=batch.attention_mask)
+    keep = batch.attention_mask.bool()
+    for layer in range(a.n_layers):
+        ref = cache[f"blocks.{layer}.hook_resid_post"]
+        assert torch.allclose(got[layer][keep], ref[keep], atol=1e-5), (layer, side)
+
+
+def test_batched_equals_one_by_one_and_left_equals_right(model):
+    a = adapt(model)
+    sites = _all_sites(a)
+    for side in ("left", "right"):
+        batch = a.tokenize(TEXTS, padding_side=side)
+        together = read(a, batch, sites).values
+        for i in range(len(TEXTS)):
+            alone = read(a, batch.row(i), sites).values
+            keep = batch.attention_mask[i].bool()
+            for layer in sites:
+                assert torch.allclose(together[layer][i][keep], alone[layer][0], atol=1e-5)
+
+
+def test_pooled_in_hook_equals_pooled_from_raw(model):
+    a = adapt(model)
+    batch = a.tokenize(TEXTS, padding_side="left")
+    sel = batch.attention_mask.bool() & ~batch.special
+    sites = _all_sites(a)
+    raw = read(a, batch, sites).values
+    for how in ("mean", "max", "last", "first"):
+        pooled = read(a, batch, sites, lambda k, x, how=how: pool(x, sel, how)).values
+        for layer in sites:
+            assert torch.allclose(pooled[layer], pool(raw[layer], sel, how), atol=1e-6)
+
+
+def test_nothing_after_the_deepest_site_runs_and_no_hook_is_left(tiny_llama):
+    a = adapt(tiny_llama)
+    batch = a.tokenize(TEXTS)
+    deeper: list[str] = []
+
+    def spy(x, hook):
+        deeper.append(hook.name)
+        return x
+
+    later = [(a.hook_name("resid_pre", 1), spy), ("ln_final.hook_normalized", spy)]
+    out = read(a, batch, {0: a.hook_name("resid_post", 0)}, edits=later)
+    assert deeper == [] and out.logits is None and 0 in out.values
+    # With the logits asked for, the same hooks do fire (the spy works).
+    out = read(a, batch, {0: a.hook_name("resid_post", 0)}, edits=later, logits=True)
+    assert len(deeper) == 2 and out.logits is not None
+    assert leaked_hooks(tiny_llama) == 0
+
+
+def test_hooks_are_removed_when_take_raises(tiny_gpt2):
+    a = adapt(tiny_gpt2)
+
+    def boom(key, x):
+        raise KeyError("planted")
+
+    with pytest.raises(KeyError, match="planted"):
+        read(a, a.tokenize(TEXTS), {0: a.hook_name("resid_post", 0)}, boom)
+    assert leaked_hooks(tiny_gpt2) == 0
+
+
+def test_grad_mode_gives_gradients_to_an_edited_leaf(tiny_llama):
+    a = adapt(tiny_llama)
+    batch = a.tokenize(["The cat sat."])
+    leaf = torch.zeros(a.d_model, requires_grad=True)
+
+    def add(x, hook):
+        return x + leaf
+
+    site = {1: a.hook_name("resid_post", 1)}
+    out = read(a, batch, site, grad=True, edits=[(a.hook_name("resid_post", 0), add)])
+    out.values[1].sum().backward()
+    assert leaf.grad is not None and leaf.grad.abs().sum() > 0
+    plain = read(a, batch, site).values[1]
+    assert not plain.requires_grad
+    assert torch.allclose(out.values[1].detach(), plain, atol=1e-5)
+
+
+def test_batch_from_ids_equals_the_tokenizer_batch(tiny_llama):
+    a = adapt(tiny_llama)
+    batch = a.tokenize(TEXTS, padding_side="left")
+    made = batch_from_ids(batch.input_ids, batch.attention_mask, lead=1)
+    assert made.padding_side == "left"
+    assert torch.equal(made.special[:, -1], torch.zeros(len(TEXTS), dtype=torch.bool))
+    sites = _all_sites(a)
+    x, y = read(a, batch, sites).values, read(a, made, sites).values
+    assert all(torch.equal(x[la], y[la]) for la in sites)
+
+
+def test_an_edit_on_the_read_site_is_seen_by_the_read(tiny_gpt2):
+    a = adapt(tiny_gpt2)
+    batch = a.tokenize(TEXTS)
+    site = {0: a.hook_name("resid_post", 0)}
+
+    def add_one(x, hook):
+        return x + 1.0
+
+    plain = read(a, batch, site).values[0]
+    edited = read(a, batch, site, edits=[(site[0], add_one)]).values[0]
+    assert torch.allclose(edited, plain + 1.0)
+
+
+def test_a_slice_of_a_plan_equals_the_same_rows_of_the_whole(tiny_llama):
+    """Shards and ranks run slices of one ExtractionPlan: item ids index the whole corpus
+    (explicit positions are per text), whatever the slice and its order."""
+    import dataclasses
+
+    from semhooks.extraction.plan import extract_items, plan_extraction
+
+    plan = plan_extraction(tiny_llama, TEXTS, tokens=[[1], [-1], [0, 2]], pool="mean")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        plan.pool = "max"  # type: ignore[misc]
+    whole = extract_items(plan).states
+    part = extract_items(plan, [2, 0]).states
+    torch.testing.assert_close(part, whole[:, [2, 0]])
