@@ -168,3 +168,111 @@ def test_sklearn_contract():
     x = np.random.default_rng(0).normal(size=(5, D_IN)).astype(np.float32)
     np.testing.assert_allclose(fitted.inverse_transform(fitted.transform(x)),
                                fitted.reconstruct(torch.from_numpy(x)).numpy(), atol=1e-6)  # fmt: skip
+
+
+# ---------------------------------------------------------------------- hooks
+from semhooks import adapt, intervene  # noqa: E402
+from semhooks.sae import FeatureClamp, FeatureRecorder, Splice, feature_ablate, feature_steer  # noqa: E402
+
+TEXTS = ["The capital of France is Paris.", "I loved this movie", "The bank of the river"]
+HOOK = "blocks.1.hook_resid_post"
+
+
+@pytest.fixture(params=["standard", "topk", "jumprelu", "gated"])
+def model_sae(request, tiny_llama):
+    d = adapt(tiny_llama).d_model
+    return tiny_llama, make_sae(request.param, k=6, hook_name=HOOK, d_in=d)
+
+
+def _logits(model, batch, hooks=()):
+    with torch.inference_mode():
+        return model.run_with_hooks(
+            batch.input_ids, attention_mask=batch.attention_mask, fwd_hooks=list(hooks)
+        )
+
+
+def test_splice_with_the_error_term_leaves_the_output_unchanged(model_sae):
+    model, sae = model_sae
+    batch = adapt(model).tokenize(TEXTS)
+    clean = _logits(model, batch)
+    splice = Splice(sae)
+    with intervene(model, splice):
+        got = adapt(model).forward(batch)
+    torch.testing.assert_close(got, clean, atol=1e-5, rtol=1e-5)
+    assert splice.n_fired == 1 and (splice.layers, splice.site) == (1, "resid_post")
+    # the same hook dropped into a bare run_with_hooks
+    torch.testing.assert_close(_logits(model, batch, [(HOOK, Splice(sae))]), clean,
+                               atol=1e-5, rtol=1e-5)  # fmt: skip
+
+
+def test_splice_without_error_term_runs_on_the_reconstruction(model_sae):
+    model, sae = model_sae
+    batch = adapt(model).tokenize(TEXTS)
+    by_hand = _logits(model, batch, [(HOOK, lambda a, hook: sae.reconstruct(a).to(a.dtype))])
+    got = _logits(model, batch, [(HOOK, Splice(sae, keep_error=False))])
+    torch.testing.assert_close(got, by_hand, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(got, _logits(model, batch), atol=1e-3)
+
+
+def test_clamping_a_feature_to_its_own_activation_changes_nothing(model_sae):
+    model, sae = model_sae
+    batch = adapt(model).tokenize(TEXTS[:1])
+    rec = FeatureRecorder(sae)
+    clean = _logits(model, batch, [(HOOK, rec)])
+    acts = rec.features[0][0, -1]
+    feature = int(acts.argmax())
+    assert acts[feature] > 0
+    clamp = FeatureClamp(sae, feature, float(acts[feature]), positions="last")
+    torch.testing.assert_close(_logits(model, batch, [(HOOK, clamp)]), clean, atol=1e-5, rtol=1e-5)
+    # and to another value: h + (value - f_i) d_i at the last position, by hand
+    resid = {}
+    _logits(model, batch, [(HOOK, lambda a, hook: resid.setdefault("h", a.clone()))])
+    h = resid["h"].clone()
+    h[0, -1] += (5.0 - acts[feature]) * sae.W_dec_[feature]
+    by_hand = _logits(model, batch, [(HOOK, lambda a, hook: h.to(a.dtype))])
+    got = _logits(model, batch, [(HOOK, clamp.with_alpha(5.0))])
+    torch.testing.assert_close(got, by_hand, atol=1e-5, rtol=1e-5)
+    # inside a splice, setting a feature to a value is the same edit
+    spliced = _logits(model, batch, [(HOOK, Splice(sae, set_features={feature: 5.0},
+                                                   positions="last"))])  # fmt: skip
+    torch.testing.assert_close(spliced, by_hand, atol=1e-4, rtol=1e-4)
+
+
+def test_feature_steer_and_ablate_are_the_direction_interventions(model_sae):
+    model, sae = model_sae
+    batch = adapt(model).tokenize(TEXTS)
+    d = sae.W_dec_[3]
+    by_hand = _logits(model, batch, [(HOOK, lambda a, hook: a + 2.0 * d)])
+    steer = feature_steer(sae, 3, 2.0)
+    assert (steer.layers, steer.site) == (1, "resid_post")
+    torch.testing.assert_close(
+        _logits(model, batch, [(HOOK, steer)]), by_hand, atol=1e-5, rtol=1e-5
+    )
+    seen = {}
+    hooks = [(HOOK, feature_ablate(sae, 3)), (HOOK, lambda a, hook: seen.setdefault("a", a))]
+    _logits(model, batch, hooks)
+    torch.testing.assert_close(seen["a"] @ (d / d.norm()), torch.zeros(seen["a"].shape[:2]),
+                               atol=1e-5, rtol=0)  # fmt: skip
+
+
+def test_recorder_equals_encoding_the_cached_activation(model_sae):
+    model, sae = model_sae
+    batch = adapt(model).tokenize(TEXTS)
+    rec = FeatureRecorder(sae, sparse=True)
+    with adapt(model).hooks(rec.fwd_hooks(model)), torch.inference_mode():
+        _, cache = model.run_with_cache(batch.input_ids, attention_mask=batch.attention_mask)
+    assert rec.features[0].is_sparse
+    torch.testing.assert_close(rec.features[0].to_dense(), sae.encode(cache[HOOK]))
+
+
+def test_sae_hook_errors(tiny_llama):
+    sae = make_sae("standard", hook_name="blocks.1.hook_resid_post", d_in=D_IN)
+    with pytest.raises(Exception, match="d_in=8"):
+        with intervene(tiny_llama, Splice(sae)):
+            pass
+    with pytest.raises(Exception, match="needs a fitted SAE"):
+        Splice(SparseAutoencoder("standard", D_IN, D_SAE))
+    with pytest.raises(Exception, match="out of range"):
+        FeatureClamp(sae, D_SAE + 1, 1.0)
+    with pytest.raises(ValueError, match="not a semhooks site"):
+        Splice(make_sae("standard", hook_name="blocks.1.attn.hook_z"))

@@ -7,14 +7,26 @@ features from states or live hooks; turn features into hooks (steer, clamp, abla
 and train a small SAE with :class:`SAETrainer`::
 
     sae = semhooks.sae.load_sae("path/to/sae_folder")
-    with semhooks.intervene(model, sae.steer(123, alpha=8.0)):   # or FeatureClamp, Splice
-        ...
+    with semhooks.intervene(model, feature_steer(sae, 123, alpha=8.0)):
+        ...                       # or FeatureClamp(sae, 123, 0.0), Splice(sae, keep_error=False)
 """
 
 from semhooks.sae.config import ARCHITECTURES, SAEConfig, SAEConfigError, parse_config
+from semhooks.sae.hooks import (
+    FeatureClamp,
+    FeatureRecorder,
+    Splice,
+    feature_ablate,
+    feature_steer,
+)
 from semhooks.sae.model import SparseAutoencoder, fraction_of_variance_explained, load_sae
 
 __all__ = [
+    "FeatureClamp",
+    "FeatureRecorder",
+    "Splice",
+    "feature_ablate",
+    "feature_steer",
     "ARCHITECTURES",
     "SAEConfig",
     "SAEConfigError",
