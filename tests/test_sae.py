@@ -276,3 +276,60 @@ def test_sae_hook_errors(tiny_llama):
         FeatureClamp(sae, D_SAE + 1, 1.0)
     with pytest.raises(ValueError, match="not a semhooks site"):
         Splice(make_sae("standard", hook_name="blocks.1.attn.hook_z"))
+
+
+# ---------------------------------------------------------------------- trainer
+from semhooks import LayerStates  # noqa: E402
+from semhooks.sae import SAETrainer  # noqa: E402
+
+
+def sparse_data(n=1500, d=16, m=32, seed=0):
+    """Rows that are sums of 3 of ``m`` unit atoms with positive weights, shifted and scaled."""
+    g = torch.Generator().manual_seed(seed)
+    atoms = torch.randn(m, d, generator=g)
+    atoms /= atoms.norm(dim=1, keepdim=True)
+    coef = torch.zeros(n, m)
+    idx = torch.argsort(torch.rand(n, m, generator=g), dim=1)[:, :3]
+    coef.scatter_(1, idx, torch.rand(n, 3, generator=g) * 2 + 0.5)
+    return coef @ atoms * 7.0 + 3.0
+
+
+@pytest.mark.parametrize("arch", ["topk", "standard"])
+def test_trainer_reports_what_its_sae_does_and_saves_in_the_saelens_layout(tmp_path, arch):
+    x = sparse_data()
+    states = LayerStates(x[None], [2], "resid_post", "mean", "last", {"model": "toy"})
+    tr = SAETrainer(d_sae=48, architecture=arch, k=4, n_steps=250, seed=1).fit(states)
+    sae = tr.sae_
+    assert sae.hook_name == "blocks.2.hook_resid_post" and sae.metadata_["model_name"] == "toy"
+    f = sae.encode(x).double().numpy()
+    rec = reference_decode(sae.weights(), f)
+    xd = x.double().numpy()
+    fve = 1 - ((xd - rec) ** 2).sum() / ((xd - xd.mean(0)) ** 2).sum()
+    assert tr.fve_ == pytest.approx(fve, abs=1e-6) and tr.score(states) == pytest.approx(
+        fve, abs=1e-6
+    )
+    assert tr.dead_fraction_ == pytest.approx(float((f > 0).sum(0).__eq__(0).mean()))
+    assert tr.l0_ == pytest.approx(float((f > 0).sum(1).mean()), rel=1e-6)
+    assert tr.fve_ > 0.8  # the data are exactly 3-sparse in 32 atoms
+    if arch == "topk":
+        assert tr.l0_ <= 4
+    loaded = load_sae(tr.save(tmp_path / "sae"))
+    assert torch.equal(loaded.encode(x), sae.encode(x))
+    cfg = json.loads((tmp_path / "sae" / "cfg.json").read_text())
+    assert cfg["semhooks"]["fve"] == tr.fve_ and cfg["architecture"] == arch
+
+
+def test_trainer_is_deterministic_and_sklearn_shaped():
+    x = sparse_data(n=300)
+    a = SAETrainer(d_sae=16, k=2, n_steps=20, seed=3).fit(x.numpy())
+    b = clone(a).fit(x)
+    assert torch.equal(a.sae_.W_dec_, b.sae_.W_dec_)
+    c = SAETrainer(d_sae=16, k=2, n_steps=20, seed=4).fit(x)
+    assert not torch.equal(a.sae_.W_dec_, c.sae_.W_dec_)
+    with pytest.raises(NotFittedError):
+        SAETrainer().transform(x)
+    with pytest.raises(ValueError, match="'topk' or 'standard'"):
+        SAETrainer(architecture="gated").fit(x)
+    two = LayerStates(torch.stack([x, x]), [1, 2], "resid_post", "mean", "last")
+    with pytest.raises(ValueError, match="layers \\[1, 2\\]"):
+        SAETrainer(n_steps=1).fit(two)

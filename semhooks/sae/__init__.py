@@ -20,6 +20,7 @@ from semhooks.sae.hooks import (
     feature_steer,
 )
 from semhooks.sae.model import SparseAutoencoder, fraction_of_variance_explained, load_sae
+from semhooks.sae.trainer import SAETrainer
 
 __all__ = [
     "FeatureClamp",
@@ -30,6 +31,7 @@ __all__ = [
     "ARCHITECTURES",
     "SAEConfig",
     "SAEConfigError",
+    "SAETrainer",
     "SparseAutoencoder",
     "fraction_of_variance_explained",
     "load_sae",
