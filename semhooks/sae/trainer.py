@@ -157,7 +157,8 @@ class SAETrainer(TransformerMixin, BaseEstimator):
             opt.step()
             if topk:
                 with torch.no_grad():
-                    params["W_dec"] /= params["W_dec"].norm(dim=1, keepdim=True).clamp_min(1e-8)
+                    norms = params["W_dec"].norm(dim=1, keepdim=True).clamp_min(1e-8)
+                    params["W_dec"].div_(norms)
             curve.append(float(loss.detach()))
         w = {name: p.detach() for name, p in params.items()}
         weights = {
@@ -169,17 +170,14 @@ class SAETrainer(TransformerMixin, BaseEstimator):
         hook = self.hook_name
         if hook is None and "site" in info:
             hook = f"blocks.{info['layer']}.hook_{info['site']}"
-        meta = {
-            "model_name": info.get("model_name"),
-            "hook_name": hook,
-            "semhooks": {
-                "trainer": {k: v for k, v in self.get_params().items() if k != "progress"},
-                "states": info,
-                "n_train": n,
-                "semhooks_version": semhooks_version(),
-                "date": now_iso(),
-            },
+        record: dict[str, Any] = {
+            "trainer": {k: v for k, v in self.get_params().items() if k != "progress"},
+            "states": info,
+            "n_train": n,
+            "semhooks_version": semhooks_version(),
+            "date": now_iso(),
         }
+        meta = {"model_name": info.get("model_name"), "hook_name": hook, "semhooks": record}
         sae = SparseAutoencoder(self.architecture, d, int(self.d_sae), int(self.k) if topk else None,
                                 True, hook)  # fmt: skip
         self.sae_ = sae.set_weights(weights, meta)
@@ -190,7 +188,7 @@ class SAETrainer(TransformerMixin, BaseEstimator):
             self.dead_fraction_ = float((~active.any(0)).float().mean())
             self.l0_ = float(active.sum(1).float().mean())
         self.loss_curve_ = curve
-        meta["semhooks"].update(fve=self.fve_, dead_fraction=self.dead_fraction_, l0=self.l0_)
+        record.update(fve=self.fve_, dead_fraction=self.dead_fraction_, l0=self.l0_)
         return self
 
     def transform(self, X: Any) -> np.ndarray:
