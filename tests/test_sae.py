@@ -333,3 +333,74 @@ def test_trainer_is_deterministic_and_sklearn_shaped():
     two = LayerStates(torch.stack([x, x]), [1, 2], "resid_post", "mean", "last")
     with pytest.raises(ValueError, match="layers \\[1, 2\\]"):
         SAETrainer(n_steps=1).fit(two)
+
+
+# ---------------------------------------------------------------------- features as data
+from semhooks import ShardedStates, extract_states  # noqa: E402
+from semhooks.sae import encode_states, extract_features, iter_features, top_texts  # noqa: E402
+
+CORPUS = TEXTS + ["A river runs through it", "Paris is in France", "The movie was dull",
+                  "Money in the bank", "She sat by the water"]  # fmt: skip
+
+
+@pytest.fixture
+def tiny_sae(tiny_llama):
+    return make_sae("topk", k=6, hook_name=HOOK, d_in=adapt(tiny_llama).d_model)
+
+
+@pytest.mark.parametrize("how", ["max", "mean", "sum"])
+def test_encode_token_states_then_pool_equals_a_loop_by_hand(tiny_llama, tiny_sae, how):
+    st = extract_states(tiny_llama, CORPUS, [1], "resid_post", "all", None, progress=False)
+    got = encode_states(tiny_sae, st, pool=how)
+    assert got.acts.shape == (len(CORPUS), D_SAE) and got.pool == how
+    for item in range(len(CORPUS)):
+        f = tiny_sae.encode(st.layer(1)[st.item_index == item])
+        ref = {"max": f.max(0).values, "mean": f.mean(0), "sum": f.sum(0)}[how]
+        torch.testing.assert_close(got.acts[item], ref, atol=1e-5, rtol=1e-5)
+    tok = encode_states(tiny_sae, st, sparse=True)
+    assert tok.acts.is_sparse and torch.equal(tok.item_index, st.item_index)
+    torch.testing.assert_close(tok.dense, tiny_sae.encode(st.layer(1)))
+
+
+def test_extract_features_chunked_equals_one_chunk(tiny_llama, tiny_sae):
+    whole = extract_features(tiny_llama, tiny_sae, CORPUS, pool="max")
+    chunked = extract_features(tiny_llama, tiny_sae, CORPUS, pool="max", chunk_size=3, sparse=True)
+    torch.testing.assert_close(chunked.dense, whole.acts, atol=1e-5, rtol=1e-5)
+    per_token = extract_features(tiny_llama, tiny_sae, CORPUS, pool=None, chunk_size=3)
+    st = extract_states(tiny_llama, CORPUS, [1], "resid_post", "all", None, progress=False)
+    assert torch.equal(per_token.item_index, st.item_index)
+    torch.testing.assert_close(per_token.acts, tiny_sae.encode(st.layer(1)), atol=1e-5, rtol=1e-5)
+
+
+def test_features_streamed_from_shards_equal_the_loaded_states(tiny_llama, tiny_sae, tmp_path):
+    extract_states(tiny_llama, CORPUS, [0, 1], "resid_post", "last", "mean", progress=False,
+                   out_dir=tmp_path, shard_size=3)  # fmt: skip
+    sharded = ShardedStates.open(tmp_path)
+    blocks = list(iter_features(tiny_sae, sharded))
+    assert len(blocks) == 3 and all(b.is_sparse for b in blocks)
+    streamed = torch.cat([b.to_dense() for b in blocks])
+    in_memory = encode_states(tiny_sae, sharded.load())
+    torch.testing.assert_close(streamed, in_memory.acts)
+
+
+def test_top_texts_equal_a_brute_force_search_one_text_at_a_time(tiny_llama, tiny_sae):
+    a = adapt(tiny_llama)
+    best = []
+    for text in CORPUS:
+        batch = a.tokenize([text])
+        rec = FeatureRecorder(tiny_sae)
+        _logits(tiny_llama, batch, [(HOOK, rec)])
+        f = rec.features[0][0][~batch.special[0]]
+        best.append((f.max(0).values, f.argmax(0)))
+    per_text = torch.stack([b[0] for b in best])  # [text, d_sae]
+    feats = [int(i) for i in per_text.max(0).values.argsort(descending=True)[:4]]
+    top = top_texts(tiny_llama, tiny_sae, CORPUS, features=feats, k=3, chunk_size=4)
+    for j, feat in enumerate(feats):
+        order = sorted(range(len(CORPUS)), key=lambda t: (-float(per_text[t, feat]), t))[:3]
+        assert top.text_index[j].tolist() == order
+        torch.testing.assert_close(top.values[j], per_text[order, feat], atol=1e-5, rtol=1e-5)
+        t0 = order[0]
+        content = (~a.tokenize([CORPUS[t0]]).special[0]).nonzero().flatten()
+        assert int(top.positions[j, 0]) == int(content[best[t0][1][feat]])
+        assert top.for_feature(feat)[0][0] == CORPUS[t0]
+    assert "feature" in top.table(feats[0])

@@ -12,6 +12,14 @@ and train a small SAE with :class:`SAETrainer`::
 """
 
 from semhooks.sae.config import ARCHITECTURES, SAEConfig, SAEConfigError, parse_config
+from semhooks.sae.features import (
+    SAEFeatures,
+    TopTexts,
+    encode_states,
+    extract_features,
+    iter_features,
+    top_texts,
+)
 from semhooks.sae.hooks import (
     FeatureClamp,
     FeatureRecorder,
@@ -32,6 +40,12 @@ __all__ = [
     "SAEConfig",
     "SAEConfigError",
     "SAETrainer",
+    "SAEFeatures",
+    "TopTexts",
+    "encode_states",
+    "extract_features",
+    "iter_features",
+    "top_texts",
     "SparseAutoencoder",
     "fraction_of_variance_explained",
     "load_sae",
