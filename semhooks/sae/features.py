@@ -201,7 +201,7 @@ class TopTexts:
         j = self.features.index(int(feature))
         return [
             (self.texts[int(t)], float(v), tok)
-            for t, v, tok in zip(self.text_index[j], self.values[j], self.tokens[j])
+            for t, v, tok in zip(self.text_index[j], self.values[j], self.tokens[j], strict=True)
             if v > 0
         ]
 
