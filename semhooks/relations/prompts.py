@@ -35,6 +35,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from semhooks.backend.adapter import ModelAdapter, StopForward, Tokenized, adapt, cache_dir
+from semhooks.data.columns import from_columns
 from semhooks.extraction.spans import SpanNotFoundError, char_span, char_span_to_positions
 from semhooks.io.artifacts import atomic_write_json
 from semhooks.relations.data import Relation, RelationSample, load
@@ -362,6 +363,7 @@ def validate(
     Raises:
         NoValidPromptsError: ``on_empty="raise"`` and no prompt of some relation passes.
     """
+    prompts = from_columns(prompts, "records", build=RelationPrompt)
     adapter = adapt(model)
     adapter.require_eval()
     if adapter.is_encoder:
