@@ -314,6 +314,79 @@ for name, scores in concept.scores.items():
 """),
 )
 
+notebook(
+    "07_sae_features",
+    md("""
+# Sparse-autoencoder features as concept directions
+
+Train a small top-k SAE on SmolLM2's residual stream (no download), find the feature whose
+decoder direction best matches a linear relational concept (LRC), and steer along the
+feature, along the concept, and along a random direction of the same norm. The same hooks
+work for any SAE saved in the SAELens layout (`semhooks.sae.load_sae(folder)`), on
+TransformerLens 4 bridges and 3.x `HookedTransformer`s alike.
+"""),
+    code("""
+import tempfile
+import torch
+import semhooks as sh
+from semhooks.relations import LRC, build_prompts, list_relations, split
+from semhooks.sae import SAETrainer, feature_steer, load_sae, top_texts
+model = sh.load_model("smollm2-135m")
+LAYER = 12
+prompts = build_prompts("substance_phase", n_shot=3)
+train, test = split(prompts, 0.5, seed=0)
+lrc = LRC(subject_layer=LAYER, object_layer=20, rank=10, method="randomized", oversampling=2,
+          n_lre_prompts=3, progress=False).fit(model, train[:12])
+print(f"LRC held-out accuracy {lrc.score(model, test):.2f} on {len(test)} prompts")
+"""),
+    md("""
+A corpus of short factual sentences (the zero-shot lines of the bundled relations, with
+their answers), read token by token at the LRC's subject layer, trains the SAE.
+"""),
+    code("""
+corpus = [p.text + " " + p.object for rel in list_relations()
+          for p in build_prompts(rel, n_shot=0)[:6]]
+states = sh.extract_states(model, corpus, [LAYER], tokens="all", pool=None, progress=False)
+trainer = SAETrainer(d_sae=512, k=8, n_steps=150, batch_size=256, seed=0).fit(states)
+print(f"{states.states.shape[1]} token states; {trainer.summary()}")
+folder = tempfile.mkdtemp()
+sae = load_sae(trainer.save(folder))  # the SAELens layout: cfg.json + sae_weights.safetensors
+"""),
+    md("""
+Which feature matches each concept? Cosine between the concept vector and every decoder
+row, beside the best cosine a random unit vector reaches (the chance level for 512 rows).
+"""),
+    code("""
+W = torch.nn.functional.normalize(sae.W_dec_, dim=1)
+chance = (W @ torch.nn.functional.normalize(torch.randn(W.shape[1], 20), dim=0)).max(0).values
+best = {}
+for obj, concept in lrc.concepts_.items():
+    cos = W @ concept.vector
+    best[obj] = int(cos.argmax())
+    print(f"{obj:>8}: feature {best[obj]:4d}  cosine {float(cos.max()):.2f}  "
+          f"(random direction: {float(chance.mean()):.2f} +- {float(chance.std()):.2f})")
+feature = best["gas"]
+print(top_texts(model, sae, corpus[:120], [feature], k=4).table(feature))
+"""),
+    md("""
+Steering at the subject layer toward " gas" (against " solid") on held-out prompts whose
+answer is not gas: along the SAE feature, along the LRC concept (scaled to the feature
+direction's norm), and along a random direction of the same norm (the control).
+"""),
+    code("""
+probe = [p.text for p in test if p.object != "gas"][:8]
+norm = float(states.layer(LAYER).norm(dim=-1).mean())
+alphas = [0.0, 0.25 * norm, 0.5 * norm]
+unit_feature = feature_steer(sae, feature).direction / feature_steer(sae, feature).direction.norm()
+for name, v in [("SAE feature", unit_feature), ("LRC concept", lrc.concepts_["gas"].vector)]:
+    curve = sh.steering_curve(model, probe, sh.Steer(v, layers=LAYER), alphas, " gas",
+                              contrast_tokens=" solid", control="random")
+    print(f"{name:>12}: logit diff " + "  ".join(
+        f"a={a:.0f}: {d:+.2f} (random {c:+.2f})"
+        for a, d, c in zip(alphas, curve.logit_diff, curve.control_logit_diff)))
+"""),
+)
+
 
 def main() -> None:
     for name, cells in NOTEBOOKS.items():

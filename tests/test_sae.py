@@ -337,6 +337,7 @@ def test_trainer_is_deterministic_and_sklearn_shaped():
 
 # ---------------------------------------------------------------------- features as data
 from semhooks import ShardedStates, extract_states  # noqa: E402
+from semhooks.relations import build_prompts  # noqa: E402
 from semhooks.sae import encode_states, extract_features, iter_features, top_texts  # noqa: E402
 
 CORPUS = TEXTS + ["A river runs through it", "Paris is in France", "The movie was dull",
@@ -404,3 +405,24 @@ def test_top_texts_equal_a_brute_force_search_one_text_at_a_time(tiny_llama, tin
         assert int(top.positions[j, 0]) == int(content[best[t0][1][feat]])
         assert top.for_feature(feat)[0][0] == CORPUS[t0]
     assert "feature" in top.table(feats[0])
+
+
+# ---------------------------------------------------------------------- the real model
+@pytest.mark.real
+def test_trained_sae_on_smollm2_splices_and_clamps_without_changing_the_output(smollm2):
+    texts = [p.text + " " + p.object for p in build_prompts("country_capital_city", n_shot=0)[:30]]
+    states = extract_states(smollm2, texts, [6], tokens="all", pool=None, progress=False)
+    tr = SAETrainer(d_sae=256, k=8, n_steps=100, seed=0).fit(states)
+    assert tr.fve_ > 0.5 and tr.sae_.hook_name == "blocks.6.hook_resid_post"
+    a = adapt(smollm2)
+    batch = a.tokenize(texts[:3])
+    clean = _logits(smollm2, batch)
+    torch.testing.assert_close(_logits(smollm2, batch, [(tr.sae_.hook_name, Splice(tr.sae_))]),
+                               clean, atol=1e-4, rtol=1e-4)  # fmt: skip
+    one = a.tokenize(texts[:1])
+    rec = FeatureRecorder(tr.sae_)
+    base = _logits(smollm2, one, [(tr.sae_.hook_name, rec)])
+    feature = int(rec.features[0][0, -1].argmax())
+    clamp = FeatureClamp(tr.sae_, feature, float(rec.features[0][0, -1, feature]), positions="last")
+    torch.testing.assert_close(_logits(smollm2, one, [(tr.sae_.hook_name, clamp)]), base,
+                               atol=1e-4, rtol=1e-4)  # fmt: skip
