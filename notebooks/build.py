@@ -332,29 +332,31 @@ import semhooks as sh
 from semhooks.relations import LRC, build_prompts, list_relations, split
 from semhooks.sae import SAETrainer, feature_steer, load_sae, top_texts
 model = sh.load_model("smollm2-135m")
-LAYER = 12
+LAYER = 15
 prompts = build_prompts("substance_phase", n_shot=3)
 train, test = split(prompts, 0.5, seed=0)
-lrc = LRC(subject_layer=LAYER, object_layer=20, rank=10, method="randomized", oversampling=2,
-          n_lre_prompts=3, progress=False).fit(model, train[:12])
+lrc = LRC(subject_layer=LAYER, object_layer=29, rank=20, method="randomized", oversampling=2,
+          n_lre_prompts=4, progress=False).fit(model, train[:12])
 print(f"LRC held-out accuracy {lrc.score(model, test):.2f} on {len(test)} prompts")
 """),
     md("""
-A corpus of short factual sentences (the zero-shot lines of the bundled relations, with
-their answers), read token by token at the LRC's subject layer, trains the SAE.
+A corpus of short factual sentences (the zero-shot lines of the bundled relations with their
+answers, every substance of the relation above among them), read token by token at the LRC's
+subject layer, trains the SAE.
 """),
     code("""
-corpus = [p.text + " " + p.object for rel in list_relations()
-          for p in build_prompts(rel, n_shot=0)[:6]]
+phase = [p.text + " " + p.object for p in build_prompts("substance_phase", n_shot=0)]
+corpus = phase + [p.text + " " + p.object for rel in list_relations() if rel != "substance_phase"
+                  for p in build_prompts(rel, n_shot=0)[:4]]
 states = sh.extract_states(model, corpus, [LAYER], tokens="all", pool=None, progress=False)
-trainer = SAETrainer(d_sae=512, k=8, n_steps=150, batch_size=256, seed=0).fit(states)
+trainer = SAETrainer(d_sae=256, k=8, n_steps=150, batch_size=256, seed=0).fit(states)
 print(f"{states.states.shape[1]} token states; {trainer.summary()}")
 folder = tempfile.mkdtemp()
 sae = load_sae(trainer.save(folder))  # the SAELens layout: cfg.json + sae_weights.safetensors
 """),
     md("""
 Which feature matches each concept? Cosine between the concept vector and every decoder
-row, beside the best cosine a random unit vector reaches (the chance level for 512 rows).
+row, beside the best cosine a random unit vector reaches (the chance level for 256 rows).
 """),
     code("""
 W = torch.nn.functional.normalize(sae.W_dec_, dim=1)
@@ -366,7 +368,7 @@ for obj, concept in lrc.concepts_.items():
     print(f"{obj:>8}: feature {best[obj]:4d}  cosine {float(cos.max()):.2f}  "
           f"(random direction: {float(chance.mean()):.2f} +- {float(chance.std()):.2f})")
 feature = best["gas"]
-print(top_texts(model, sae, corpus[:120], [feature], k=4).table(feature))
+print(top_texts(model, sae, phase, [feature], k=4).table(feature))
 """),
     md("""
 Steering at the subject layer toward " gas" (against " solid") on held-out prompts whose
