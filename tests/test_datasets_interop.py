@@ -22,6 +22,7 @@ from semhooks import (  # noqa: E402
 from semhooks.data.columns import from_columns  # noqa: E402
 from semhooks.extraction.hf_datasets import shards_to_dataset  # noqa: E402
 from semhooks.relations import RelationPrompt, build_prompts, validate  # noqa: E402
+from semhooks.studies.vocab import vocab_lens  # noqa: E402
 
 SPANS = ["Paris", "movie", "bank", "film", "Water"]
 TEXTS = ["The capital of France is Paris.", "I loved this movie", "The bank of the river",
@@ -53,14 +54,14 @@ def test_from_columns_texts_labels_records_and_passthrough():
 def test_entry_points_take_a_dataset_and_give_the_list_result(tiny_llama):
     ds = datasets.Dataset.from_dict({"text": TEXTS, "span": ["Paris", "movie", "bank",
                                                              "film", "Water"]})  # fmt: skip
-    # extract_states: through from_columns (the call inside extract_states waits for the
-    # extraction module's split; see semhooks.data.columns)
     a = extract_states(tiny_llama, TEXTS, [1], progress=False)
-    b = extract_states(tiny_llama, from_columns(ds), [1], progress=False)
+    b = extract_states(tiny_llama, ds, [1], progress=False)
     assert torch.equal(a.states, b.states)
-    spans = extract_states(tiny_llama, TEXTS, [1], tokens=from_columns(ds["span"]), progress=False)
+    spans = extract_states(tiny_llama, ds, [1], tokens=ds["span"], progress=False)
     by_list = extract_states(tiny_llama, TEXTS, [1], tokens=list(SPANS), progress=False)
     assert torch.equal(spans.states, by_list.states)
+    lens = vocab_lens(tiny_llama, ds, [1]).semantic_ids
+    assert torch.equal(lens, vocab_lens(tiny_llama, TEXTS, [1]).semantic_ids)
     assert generate(tiny_llama, ds, max_new_tokens=2) == generate(
         tiny_llama, TEXTS, max_new_tokens=2
     )

@@ -3,11 +3,11 @@
 Researchers keep prompts and labels as a ``datasets.Dataset``; semhooks' functions take
 Python lists. :func:`from_columns` turns a ``Dataset`` (or a ``Column``, what
 ``dataset["text"]`` returns in ``datasets`` 4+) into what a function already takes; any
-other value passes through untouched. It is called at the top of ``generate``,
-``steering_curve``, ``relations.validate`` and the LRE/LRC prompt checks; for the entry
-points in modules at their size limit (``extract_states``, ``pooling_study``,
-``calibration_study``, ``information_emergence``, ``vocab_lens``) call it yourself until those
-modules are split: ``extract_states(model, from_columns(ds))``. Columns are found by name: ``text``, ``label``
+other value passes through untouched. It is called at the top of ``extract_states`` (texts
+and ``tokens=`` spans), ``vocab_lens``, ``generate``, ``steering_curve``,
+``relations.validate`` and the LRE/LRC prompt checks; for the entry points in modules at
+their size limit (``pooling_study``, ``calibration_study``, ``information_emergence``) call it
+yourself until those modules are split: ``pooling_study(model, from_columns(ds, "labelled"))``. Columns are found by name: ``text``, ``label``
 (``ClassLabel`` names become ``label_names``), ``span``, ``subject``/``object``/``relation``
 for prompts. Rename yours first (``dataset.rename_column("sentence", "text")``).
 

@@ -27,6 +27,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from semhooks.backend.adapter import ModelAdapter, StopForward, Tokenized, adapt
+from semhooks.data.columns import from_columns
 from semhooks.extraction.pooling import POOLS, pool, scores_for
 from semhooks.extraction.spans import Spans
 from semhooks.io.artifacts import (
@@ -531,6 +532,7 @@ def extract_states(
     Returns:
         :class:`LayerStates` with ``states[n_layers, n_items, d_model]`` (float32, CPU).
     """
+    texts, tokens = from_columns(texts), from_columns(tokens, columns=("span",))
     adapter, texts, layer_list, selector, provenance = _plan_extraction(
         model, texts, layers, site, tokens, pool, batch_size
     )
