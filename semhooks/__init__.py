@@ -6,7 +6,7 @@ vocabulary-defined semantics, linear relational concepts, interventions along di
 and information emergence.
 """
 
-from semhooks import compat, relations
+from semhooks import compat, relations, sae
 from semhooks.backend.adapter import ModelAdapter, Tokenized, adapt, cache_dir
 from semhooks.backend.hooked import hooked_transformer_from_hf, is_hooked_transformer
 from semhooks.backend.loading import load_model
@@ -42,6 +42,7 @@ from semhooks.interventions import (
 from semhooks.interventions.guards import FiniteGuard, NonFiniteError, guard_finite
 from semhooks.io.artifacts import ArtifactError
 from semhooks.relations import LRC, LRE, Concept
+from semhooks.sae import SAETrainer, SparseAutoencoder, load_sae
 from semhooks.studies.calibration import calibration_study
 from semhooks.studies.emergence import EmergenceResult, entity_lists, information_emergence
 from semhooks.studies.lexical import WiCResult, wic_study
@@ -123,6 +124,10 @@ __all__ = [
     "pooling_study",
     "random_control",
     "relations",
+    "sae",
+    "SAETrainer",
+    "SparseAutoencoder",
+    "load_sae",
     "select_tokens",
     "steering_curve",
     "wic_study",

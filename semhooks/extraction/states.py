@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from semhooks.data.columns import from_columns
 from semhooks.extraction.layer_states import LayerStates, stack_layers
 from semhooks.extraction.plan import ExtractionPlan, extract_items, plan_extraction
 from semhooks.extraction.selection import TokenSpec, select_tokens
@@ -93,6 +94,7 @@ def extract_states(
     Returns:
         :class:`LayerStates` with ``states[n_layers, n_items, d_model]`` (float32, CPU).
     """
+    texts, tokens = from_columns(texts), from_columns(tokens, columns=("span",))
     plan = plan_extraction(
         model,
         texts,

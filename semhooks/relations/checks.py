@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from semhooks.data.columns import from_columns
 from semhooks.relations.prompts import RelationPrompt
 
 __all__ = ["check_prompts"]
@@ -12,6 +13,7 @@ __all__ = ["check_prompts"]
 def check_prompts(prompts: Sequence[RelationPrompt], what: str) -> list[RelationPrompt]:
     """``prompts`` as a list, refusing a single prompt, an empty list, another type, or a
     prompt whose subject is not in its text (``what`` names the caller in the errors)."""
+    prompts = from_columns(prompts, "records", build=RelationPrompt)  # a datasets.Dataset
     if isinstance(prompts, (str, RelationPrompt)):
         raise TypeError(f"{what} takes a list of RelationPrompt, got one {type(prompts).__name__}")
     prompts = list(prompts)

@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from semhooks.backend.adapter import ModelAdapter, Tokenized, adapt, cache_dir
 from semhooks.extraction.reader import read
+from semhooks.data.columns import from_columns
 from semhooks.extraction.spans import SpanNotFoundError, char_span, char_span_to_positions
 from semhooks.io.artifacts import atomic_write_json
 from semhooks.relations.data import Relation, RelationSample, load
@@ -363,6 +364,7 @@ def validate(
     Raises:
         NoValidPromptsError: ``on_empty="raise"`` and no prompt of some relation passes.
     """
+    prompts = from_columns(prompts, "records", build=RelationPrompt)
     adapter = adapt(model)
     adapter.require_eval()
     if adapter.is_encoder:

@@ -27,6 +27,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from semhooks.backend.adapter import adapt
+from semhooks.data.columns import from_columns
 from semhooks.interventions import (
     Intervention,
     Patch,
@@ -57,6 +58,7 @@ def generate(
     ``"prompt_only"``/``"generated_only"`` are exact. Returns the generated text (cut at the
     first end-of-sequence token), or prompt + generation with ``return_full=True``.
     """
+    prompts = from_columns(prompts)
     adapter = adapt(model)
     adapter.require_eval()
     if adapter.is_encoder:
@@ -289,6 +291,7 @@ def steering_curve(
     Intervention, or None. Token strings count by their first token (``" Paris"`` with its
     leading space is what follows ``"... is"``).
     """
+    prompts = from_columns(prompts)
     adapter = adapt(model)
     adapter.require_eval()
     if isinstance(prompts, str):

@@ -42,6 +42,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from semhooks.backend.adapter import ModelAdapter, adapt, cache_dir
+from semhooks.data.columns import from_columns
 from semhooks.io.artifacts import ArtifactError, load_artifact, save_artifact
 
 __all__ = [
@@ -725,6 +726,7 @@ def vocab_lens(
     Returns:
         A :class:`VocabLensResult` (``.table()``, ``.plot()``, ``.agreement()``).
     """
+    texts = from_columns(texts)
     from semhooks.extraction.states import extract_states
 
     adapter = adapt(model)
