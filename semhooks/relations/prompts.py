@@ -35,8 +35,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from semhooks.backend.adapter import ModelAdapter, Tokenized, adapt, cache_dir
-from semhooks.extraction.reader import read
 from semhooks.data.columns import from_columns
+from semhooks.extraction.reader import read
 from semhooks.extraction.spans import SpanNotFoundError, char_span, char_span_to_positions
 from semhooks.io.artifacts import atomic_write_json
 from semhooks.relations.data import Relation, RelationSample, load
