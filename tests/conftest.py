@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny models, the real offline models (loaded once), hook hygiene."""
+"""Shared fixtures: tiny models and their adapters, the real offline models (loaded once),
+hook hygiene, a determinism helper (``twice``)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 import pytest
 import torch
 
+import semhooks as sh
 from semhooks.backend.adapter import leaked_hooks, seen_models
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
@@ -98,6 +100,35 @@ def any_backend_llama(request):
     if request.param == "bridge":
         return request.getfixturevalue("tiny_llama")
     return request.getfixturevalue("hooked_llama")
+
+
+@pytest.fixture(scope="module")
+def adapters(tiny_gpt2, tiny_llama, tiny_bert):
+    """The three tiny models' adapters by tokenizer style: "gpt2", "llama", "bert"."""
+    return {"gpt2": sh.adapt(tiny_gpt2), "llama": sh.adapt(tiny_llama), "bert": sh.adapt(tiny_bert)}
+
+
+def _twice(make, scramble: bool = True):
+    """Run ``make()`` twice, disturbing the global RNGs in between (results must not care)."""
+    import random
+
+    import numpy as np
+
+    first = make()
+    if scramble:
+        torch.manual_seed(12345)
+        torch.rand(17)
+        np.random.seed(777)
+        np.random.rand(5)
+        random.seed(3)
+    return first, make()
+
+
+@pytest.fixture
+def twice():
+    """``twice(make, scramble=True)``: run ``make()`` twice, disturbing the global RNGs in
+    between; a seeded estimator must give bit-identical results both times."""
+    return _twice
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ import torch
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 
+import semhooks as sh
 from semhooks import ArtifactError, extract_states
 from semhooks.estimators.directions import MeanDifference, PCADirection, ProbeDirection
 from semhooks.interventions import Steer
@@ -123,3 +124,33 @@ def test_sklearn_clone_and_params():
     X, y, _ = _two_classes(n=40, d=4)
     Xt = MeanDifference().fit_transform(X, y)
     assert Xt.shape == (40, 1)
+
+
+def test_same_seed_gives_bit_identical_probes_and_directions(tiny_gpt2, twice):
+    import numpy as np
+
+    from semhooks import AttentionPooler
+    from semhooks.estimators.directions import MeanDifference, PCADirection, ProbeDirection
+
+    texts = [f"{w} movie number {i}" for i, w in enumerate(["wonderful", "boring"] * 8)]
+    labels = np.array([1, 0] * 8)
+    states = sh.extract_states(tiny_gpt2, texts, layers=[1], progress=False)
+    again = sh.extract_states(tiny_gpt2, texts, layers=[1], progress=False)
+    assert torch.equal(states.states, again.states)
+    for make in (ProbeDirection, MeanDifference, PCADirection):
+        a, b = twice(lambda make=make: make(layer=1).fit(states, labels))
+        assert np.array_equal(np.asarray(a.direction_), np.asarray(b.direction_)), make
+    tokens = sh.extract_states(
+        tiny_gpt2, texts, layers=[1], tokens="all", pool=None, progress=False
+    )
+    pools = twice(lambda: AttentionPooler(epochs=5, seed=3, progress=False).fit(tokens, labels))
+    # the learned attributes themselves (vars() holds them in a dict of tensors, which the
+    # old loop skipped: it compared nothing)
+    a, b = pools
+    assert sorted(a.scorers_) == sorted(b.scorers_) == [1]
+    for layer in a.scorers_:
+        assert torch.equal(a.scorers_[layer], b.scorers_[layer]), layer
+    assert np.array_equal(a.classes_, b.classes_)
+    assert a.train_accuracy_ == b.train_accuracy_
+    other = AttentionPooler(epochs=5, seed=4, progress=False).fit(tokens, labels)
+    assert not torch.equal(other.scorers_[1], a.scorers_[1])  # the seed is used

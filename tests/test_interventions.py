@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 
+import semhooks as sh
 from semhooks import adapt, extract_states
 from semhooks.backend.adapter import active_hook_count
 from semhooks.interventions import (
@@ -524,3 +525,55 @@ def test_steering_real_model_by_hand(smollm2):
     with intervene(smollm2, Steer(v, 4.0, layers=10, positions="last")):
         got = a.forward(batch)
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+# ---------------------------------------------------------------------- dtypes
+@pytest.fixture(scope="module")
+def typed_llamas():
+    from semhooks.testing import tiny_model
+
+    return {dt: tiny_model("llama").to(dt) for dt in (torch.float64, torch.bfloat16)}
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_hooks_follow_the_activation_dtype(typed_llamas, tiny_llama, dtype):
+    model = typed_llamas[dtype]
+    a = sh.adapt(model)
+    assert a.dtype == dtype
+    batch = a.tokenize(TEXTS)
+    v = torch.randn(a.d_model, generator=torch.Generator().manual_seed(2))  # float32
+    seen = []
+
+    def record(x, hook):
+        seen.append(x.dtype)
+
+    with intervene(model, Steer(v, 2.0, layers=1), (a.hook_name("resid_post", 1), record)):
+        logits = a.forward(batch)
+    assert seen == [dtype] and logits.dtype == dtype
+    # Steer's edit is exact in the model's dtype: h + alpha v with v cast to that dtype
+    grab = {}
+
+    def keep(x, hook):
+        grab["h"] = x.clone()
+
+    name = a.hook_name("resid_post", 1)
+    with torch.inference_mode(), a.hooks([(name, keep)]):
+        a.model(batch.input_ids, attention_mask=batch.attention_mask)
+    plain = grab["h"]
+    with intervene(model, Steer(v, 2.0, layers=1), (name, keep)):
+        a.forward(batch)
+    real = batch.attention_mask.bool()  # positions="all" edits attended tokens only
+    assert torch.equal(grab["h"][real], (plain + 2.0 * v.to(dtype))[real])
+    assert torch.equal(grab["h"][~real], plain[~real])
+    # pooled states come back float32 on the CPU, close to the float32 model's
+    states = sh.extract_states(model, TEXTS, layers=[0, 2], progress=False)
+    ref = sh.extract_states(tiny_llama, TEXTS, layers=[0, 2], progress=False)
+    assert states.states.dtype == torch.float32 and states.states.device.type == "cpu"
+    tol = 1e-5 if dtype == torch.float64 else 0.1
+    torch.testing.assert_close(states.states, ref.states, atol=tol, rtol=tol)
+    # learned-score pooling reads activations in the model's dtype, too
+    weighted = sh.extract_states(
+        model, TEXTS, layers=[1], pool="weighted", progress=False,
+        pool_weights=lambda acts, layer: acts.float().sum(-1),
+    )  # fmt: skip
+    assert weighted.states.dtype == torch.float32 and torch.isfinite(weighted.states).all()

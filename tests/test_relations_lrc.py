@@ -411,3 +411,37 @@ def test_mean_difference_baseline_is_the_mean_difference_estimator():
         torch.testing.assert_close(V[i], ref / ref.norm(), atol=1e-6, rtol=1e-5)
         est = MeanDifference(pos_label=c, normalize=True).fit(X, np.asarray(y))
         torch.testing.assert_close(V[i], est.direction_)
+
+
+# ---------------------------------------------------------------------- determinism
+def _toy_relation():
+    from semhooks.relations.prompts import RelationPrompt
+
+    subjects = ["France", "Italy", "Spain", "Germany", "Paris", "Rome"]
+    return [
+        RelationPrompt(f"The capital of {s} is", s, o, "toy")
+        for s, o in zip(subjects, ["Cat", "Dog"] * 3, strict=True)
+    ]
+
+
+def test_same_seed_gives_bit_identical_lres_and_concepts(tiny_llama, twice):
+    from semhooks.relations.lrc import LRC
+    from semhooks.relations.lre import LRE
+
+    prompts = _toy_relation()
+    exact = twice(lambda: LRE(0, 2, progress=False).fit(tiny_llama, prompts))
+    assert torch.equal(exact[0].weight_, exact[1].weight_)
+    assert torch.equal(exact[0].bias_, exact[1].bias_)
+    sketch = twice(
+        lambda: LRE(0, 2, method="randomized", rank=6, seed=4, progress=False).fit(
+            tiny_llama, prompts
+        )
+    )
+    assert torch.equal(sketch[0].weight_, sketch[1].weight_)
+    other = LRE(0, 2, method="randomized", rank=6, seed=5, progress=False).fit(tiny_llama, prompts)
+    assert not torch.equal(other.weight_, sketch[0].weight_)  # the seed is used
+    lrcs = twice(
+        lambda: LRC(0, 2, rank=8, n_lre_prompts=4, seed=1, progress=False).fit(tiny_llama, prompts)
+    )
+    assert lrcs[0].classes_ == lrcs[1].classes_
+    assert torch.equal(torch.as_tensor(lrcs[0].vectors_), torch.as_tensor(lrcs[1].vectors_))
