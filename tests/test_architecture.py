@@ -187,3 +187,142 @@ def test_module_size(name):
 
 def test_the_architecture_test_sees_a_planted_cycle():
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+# ---------------------------------------------------------------------- every module is tested
+TESTS = Path(__file__).resolve().parent
+MIN_TESTED_LINES = 40  # below this a module is glue (a version string, a few constants)
+
+# Modules that no test imports and none of whose names a test uses, tested only through
+# what their package builds on them. Any other untested module fails; so does an entry
+# here that a test now reaches (delete it).
+COVERED_THROUGH_PACKAGE: dict[str, str] = {
+    "semhooks.backend.kv": "ModelAdapter's KV-cache methods (test_adapter, test_vocab)",
+    "semhooks.backend.limits": "the refusals it names (test_conformance)",
+    "semhooks.backend.tokens": "ModelAdapter.tokenize (test_tokens, test_adapter)",
+    "semhooks.data.lines": "the data loaders reading through it (test_datasets)",
+    "semhooks.estimators.mi.base": "the estimators built on it (test_mi)",
+    "semhooks.estimators.mi.neural": "MINE and InfoNCE's shared training loop (test_mi)",
+    "semhooks.estimators.probes": "the probing and lexical studies (test_probing, test_lexical)",
+}
+
+
+def _parse_module_sources(sources: dict[str, str]) -> dict[str, ast.Module]:
+    return {name: ast.parse(text) for name, text in sources.items()}
+
+
+def _resolve_from(here: str, is_package: bool, node: ast.ImportFrom) -> str:
+    base = node.module or ""
+    if node.level:
+        package = here if is_package else here.rpartition(".")[0]
+        parts = package.split(".")
+        anchor = parts[: len(parts) - node.level + 1]
+        base = ".".join([*anchor, base] if base else anchor)
+    return base
+
+
+def _definers(trees: dict[str, ast.Module], packages: set[str]):
+    """``definer(module, name)``: the module whose code defines ``name`` as seen from
+    ``module``, following re-exports (``from .x import name``) through packages."""
+    exports: dict[str, dict[str, tuple[str, str | None]]] = {}
+    for here, tree in trees.items():
+        table: dict[str, tuple[str, str | None]] = {}
+        for node in tree.body:
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+                table[node.name] = (here, None)
+            elif isinstance(node, ast.Assign | ast.AnnAssign):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                for t in targets:
+                    if isinstance(t, ast.Name):
+                        table[t.id] = (here, None)
+            elif isinstance(node, ast.ImportFrom):
+                base = _resolve_from(here, here in packages, node)
+                for alias in node.names:
+                    if f"{base}.{alias.name}" in trees:
+                        table[alias.asname or alias.name] = (f"{base}.{alias.name}", None)
+                    elif base in trees:
+                        table[alias.asname or alias.name] = (base, alias.name)
+        exports[here] = table
+
+    def definer(module: str, name: str, depth: int = 0) -> str | None:
+        found = exports.get(module, {}).get(name)
+        if found is None or depth > 20:
+            return None
+        target, renamed = found
+        return target if renamed is None else definer(target, renamed, depth + 1)
+
+    return definer
+
+
+def _tested_modules(sources: dict[str, str], packages: set[str], tests: list[str]) -> set[str]:
+    """Modules a test file imports, or one of whose names it uses (``from pkg import name``
+    or ``sh.name`` after ``import semhooks as sh``), re-exports followed."""
+    trees = _parse_module_sources(sources)
+    definer = _definers(trees, packages)
+    covered: set[str] = set()
+    for text in tests:
+        aliases: dict[str, str] = {}
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.Import):
+                for alias in node.names:
+                    if alias.name in trees:
+                        covered.add(alias.name)
+                        aliases[alias.asname or alias.name] = alias.name
+            elif isinstance(node, ast.ImportFrom) and node.module in trees and not node.level:
+                for alias in node.names:
+                    sub = f"{node.module}.{alias.name}"
+                    if sub in trees:
+                        covered.add(sub)
+                        aliases[alias.asname or alias.name] = sub
+                    elif (where := definer(node.module, alias.name)) is not None:
+                        covered.add(where)
+        for node in ast.walk(ast.parse(text)):
+            if (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Name)
+                and node.value.id in aliases
+            ):
+                module = aliases[node.value.id]
+                sub = f"{module}.{node.attr}"
+                where = sub if sub in trees else definer(module, node.attr)
+                if where is not None:
+                    covered.add(where)
+    return covered
+
+
+def _untested(sources: dict[str, str], packages: set[str], tests: list[str]) -> list[str]:
+    covered = _tested_modules(sources, packages, tests)
+    return sorted(
+        name
+        for name, text in sources.items()
+        if name not in packages and text.count("\n") >= MIN_TESTED_LINES and name not in covered
+    )
+
+
+def test_every_module_has_a_test_file_that_reaches_it():
+    sources = {name: path.read_text(encoding="utf-8") for name, path in MODULES.items()}
+    packages = {name for name, path in MODULES.items() if path.name == "__init__.py"}
+    tests = [p.read_text(encoding="utf-8") for p in sorted(TESTS.glob("test_*.py"))]
+    untested = _untested(sources, packages, tests)
+    new = [m for m in untested if m not in COVERED_THROUGH_PACKAGE]
+    assert not new, (
+        "no test file imports these modules or uses a name they define (write tests/"
+        "test_<module>.py): " + ", ".join(new)
+    )
+    gone = sorted(set(COVERED_THROUGH_PACKAGE) - set(untested))
+    assert not gone, f"now tested directly: delete from COVERED_THROUGH_PACKAGE: {gone}"
+
+
+def test_the_architecture_test_sees_a_planted_untested_module():
+    body = "\n" * MIN_TESTED_LINES
+    sources = {
+        "semhooks": "from semhooks.a import used\nfrom .b import Thing as Other\n",
+        "semhooks.a": f"def used():\n    pass\n{body}",
+        "semhooks.b": f"class Thing:\n    pass\n{body}",
+        "semhooks.c": f"def helper():\n    pass\n{body}",
+        "semhooks.d": "X = 1\n",  # too small to need a test
+    }
+    tests = ["import semhooks as sh\n\ndef test_a():\n    sh.used()\n"]
+    assert _untested(sources, {"semhooks"}, tests) == ["semhooks.b", "semhooks.c"]
+    tests.append("from semhooks import Other\nfrom semhooks.c import helper\n")
+    assert _untested(sources, {"semhooks"}, tests) == []
