@@ -138,8 +138,8 @@ def private_basis_cache(request, tmp_path, monkeypatch):
     if request.node.get_closest_marker("real"):
         yield
         return
-    from semhooks.studies import vocab
+    from semhooks.vocabulary import basis
 
     monkeypatch.setenv("SEMHOOKS_CACHE", str(tmp_path / "cache"))
-    vocab._GRAM_CACHE.clear()
+    basis.clear_gram_cache()
     yield

@@ -11,7 +11,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from semhooks import adapt
-from semhooks.studies import vocab
 from semhooks.studies.vocab import (
     SemanticBasis,
     basis_report,
@@ -23,6 +22,7 @@ from semhooks.studies.vocab import (
     unembedding_hash,
     vocab_lens,
 )
+from semhooks.vocabulary import basis as basis_module
 
 pytestmark = pytest.mark.usefixtures("private_basis_cache")
 
@@ -143,7 +143,7 @@ def test_full_basis_is_cached_on_disk_by_w_u_hash(tiny_gpt2, monkeypatch):
     def boom(*args, **kwargs):
         raise AssertionError("the cached basis should have been read, not recomputed")
 
-    monkeypatch.setattr(vocab, "_solve_basis", boom)
+    monkeypatch.setattr(basis_module, "_solve_basis", boom)
     again = semantic_basis(tiny_gpt2)
     torch.testing.assert_close(again.vectors, first.vectors)
     subset = semantic_basis(tiny_gpt2, [5, 2])

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from semhooks.backend.adapter import adapt
 from semhooks.io.artifacts import ArtifactError, load_artifact, save_artifact
-from semhooks.studies.vocab import SemanticBasis, label_basis, unembedding_hash
+from semhooks.vocabulary.basis import SemanticBasis, label_basis, unembedding_hash
 
 __all__ = ["ResidualAdapter", "SemanticCalibrator", "cosine_logits"]
 
@@ -83,8 +83,8 @@ class SemanticCalibrator(ClassifierMixin, TransformerMixin, BaseEstimator):
     ``loss = CE(cos(a(h), s_c) / temperature, y)``; ``predict(h) = argmax_c cos(a(h), s_c)``.
 
     Args:
-        basis: the label words' basis, a :class:`semhooks.studies.vocab.SemanticBasis` (from
-            :func:`semhooks.studies.vocab.label_basis`) or ``[n_labels, d_model]`` vectors. Row ``c``
+        basis: the label words' basis, a :class:`semhooks.vocabulary.basis.SemanticBasis` (from
+            :func:`semhooks.vocabulary.basis.label_basis`) or ``[n_labels, d_model]`` vectors. Row ``c``
             is class ``c``. :meth:`from_model` builds it from label words.
         temperature: divides the cosine logits in the loss (and in ``predict_proba``).
         hidden_mult: adapter width ``hidden_mult * d_model``.
