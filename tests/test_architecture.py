@@ -174,6 +174,43 @@ def test_the_semhooks_package_never_imports_recipes():
     assert not bad, bad
 
 
+# Data flows backend -> vocabulary -> extraction -> estimators -> studies / relations: a wing
+# never imports a higher one (function-level imports count too).
+WING_ORDER = {
+    "semhooks.backend": ("extraction", "estimators", "studies", "relations", "vocabulary"),
+    "semhooks.vocabulary": ("extraction", "estimators", "studies", "relations"),
+    "semhooks.estimators": ("studies", "relations"),
+}
+
+
+def _wing_violations(low: str, higher: tuple[str, ...]) -> list[str]:
+    banned = tuple(f"semhooks.{wing}" for wing in higher)
+    return [
+        f"{name}:{line} imports {target}"
+        for name, path in MODULES.items()
+        if name == low or name.startswith(low + ".")
+        for target, _, line in _imports(path)
+        if any(target == b or target.startswith(b + ".") for b in banned)
+    ]
+
+
+@pytest.mark.parametrize("low", sorted(WING_ORDER))
+def test_a_wing_never_imports_a_higher_one(low):
+    bad = _wing_violations(low, WING_ORDER[low])
+    assert not bad, "\n".join(bad)
+
+
+def test_the_wing_check_sees_a_planted_upward_import(tmp_path, monkeypatch):
+    planted = tmp_path / "semhooks" / "estimators" / "planted.py"
+    planted.parent.mkdir(parents=True)
+    planted.write_text("def f():\n    from semhooks.studies.vocab import vocab_lens\n")
+    monkeypatch.setattr(f"{__name__}.PACKAGE", tmp_path / "semhooks")
+    monkeypatch.setattr(f"{__name__}.MODULES", {"semhooks.estimators.planted": planted})
+    assert _wing_violations("semhooks.estimators", ("studies",)) == [
+        "semhooks.estimators.planted:2 imports semhooks.studies.vocab"
+    ]
+
+
 @pytest.mark.parametrize("name", sorted(MODULES))
 def test_module_size(name):
     lines = MODULES[name].read_text(encoding="utf-8").count("\n")
