@@ -483,7 +483,7 @@ def fit_lre_distributed(lre: Any, model: Any, prompts: Sequence[Any], state: Any
     state = distributed_state(state)
     resolved = _resolve_model(model, state)
     adapter = adapt(resolved)
-    lre._check_params(adapter)
+    lre.check_params(adapter)
     prompts = check_prompts(prompts, "fit_lre_distributed")
     res = mean_jacobian_distributed(
         adapter,

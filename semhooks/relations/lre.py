@@ -118,7 +118,16 @@ class LRE(BaseEstimator):
         self.progress = progress
 
     # ------------------------------------------------------------------ fitting
-    def _check_params(self, adapter: ModelAdapter) -> None:
+    def check_params(self, adapter: ModelAdapter) -> None:
+        """Check the hyperparameters against ``adapter``'s model before any forward pass.
+
+        Called by :meth:`fit` and by
+        :func:`semhooks.extraction.distributed.fit_lre_distributed`.
+
+        Raises:
+            ValueError: an unknown ``method`` or ``object_aggregation``; ``method="randomized"``
+                without ``rank``; a ``rank`` outside ``1..d_model``.
+        """
         if self.method not in ("exact", "randomized"):
             raise ValueError(f"method must be 'exact' or 'randomized', got {self.method!r}")
         if self.object_aggregation not in ("mean", "first"):
@@ -142,7 +151,7 @@ class LRE(BaseEstimator):
             SpanNotFoundError: a subject is not in its prompt.
         """
         adapter = adapt(model)
-        self._check_params(adapter)
+        self.check_params(adapter)
         prompts = check_prompts(prompts, "LRE.fit")
         res: JacobianResult | LowRankJacobian
         if self.method == "exact":
