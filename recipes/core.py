@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from semhooks.io.artifacts import atomic_write_json, atomic_write_text, now_iso
+from semhooks.io.jsonable import to_jsonable
 
 
 class ConfigError(ValueError):
@@ -475,18 +476,6 @@ class RunContext:
         return path.name
 
 
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if hasattr(obj, "tolist"):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj  # noqa: RET504
-
-
 def run_recipe(
     name: str,
     config: Any,
@@ -540,7 +529,7 @@ def run_recipe(
         },
         "resumed_artifacts": ctx.resumed,
         "warnings": [{k: v for k, v in w.items() if k != "raw"} for w in recorded],
-        "metrics": _jsonable(metrics),
+        "metrics": to_jsonable(metrics, unknown="keep"),
     }
     atomic_write_json(out_dir / "metrics.json", doc)
     atomic_write_text(out_dir / "report.md", render_report(recipe, doc, ctx))

@@ -31,6 +31,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
+from semhooks.io.jsonable import to_jsonable
 from semhooks.version import __version__
 
 FORMAT_VERSION = 1
@@ -135,13 +136,9 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
 
 
 def _json_default(obj: Any) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return obj.tolist()
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"cannot serialise {type(obj).__name__} to JSON")
+    """``json.dumps``' fallback for what JSON has no type for (tensors, arrays, paths...);
+    NaN stays NaN, as ``json.dumps`` writes a plain float."""
+    return to_jsonable(obj, nonfinite="keep")
 
 
 def save_artifact(

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
+
+from semhooks.io.jsonable import to_jsonable
 
 __all__ = [
     "content_sha256",
@@ -42,22 +42,12 @@ _SAMPLE = 1 << 16
 
 
 def _plain(obj: Any) -> Any:
-    """JSON-ready plain data; floats keep every bit (``repr``), tensors become lists."""
-    if isinstance(obj, Tensor):
-        return {"tensor": str(obj.dtype), "shape": list(obj.shape), "data": obj.tolist()}
-    if isinstance(obj, np.ndarray):
-        return {"array": str(obj.dtype), "shape": list(obj.shape), "data": obj.tolist()}
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return {"float": repr(obj)}
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple, range)):
-        return [_plain(v) for v in obj]
-    if obj is None or isinstance(obj, (str, int, float, bool)):
-        return obj
-    raise TypeError(f"cannot fingerprint a {type(obj).__name__} ({obj!r:.60})")
+    """The canonical plain form of a cache key's content: floats keep every bit, non-finite
+    ones and tensors are tagged (see :func:`semhooks.io.jsonable.to_jsonable`)."""
+    try:
+        return to_jsonable(obj, nonfinite="tag", arrays="tagged")
+    except TypeError as exc:
+        raise TypeError(f"cannot fingerprint: {exc}") from exc
 
 
 def file_sha256(path: Any) -> str:

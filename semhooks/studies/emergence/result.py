@@ -15,6 +15,7 @@ from matplotlib import colormaps as plt_colormaps
 from matplotlib.figure import Figure
 
 from semhooks.io.artifacts import ArtifactError, atomic_write_json, read_json
+from semhooks.io.jsonable import to_jsonable
 from semhooks.plots import heatmap, new_figure, save_figure
 
 FloatArray = npt.NDArray[np.float64]
@@ -26,14 +27,6 @@ PROFILE_LINES_MAX = 8
 def _arr(x: Any) -> FloatArray:
     return np.asarray([np.nan if v is None else v for v in np.ravel(x)], dtype=np.float64).reshape(
         np.shape(x)
-    )
-
-
-def _jsonable(a: FloatArray) -> Any:
-    return (
-        [None if not np.isfinite(v) else float(v) for v in a]
-        if a.ndim == 1
-        else [_jsonable(row) for row in a]
     )
 
 
@@ -272,13 +265,13 @@ class EmergenceResult:
             "estimator_ceiling": self.estimator_ceiling,
             "protocol": self.protocol,
             "provenance": self.provenance,
-            "profile": {k: _jsonable(v) for k, v in self.profile().items()},
+            "profile": {k: to_jsonable(v) for k, v in self.profile().items()},
         }
         for name in self._ARRAYS:
-            out[name] = _jsonable(np.asarray(getattr(self, name), dtype=np.float64))
+            out[name] = to_jsonable(np.asarray(getattr(self, name), dtype=np.float64))
         for name in ("mi_macro_std", "mi_micro_token_std"):
             value = getattr(self, name)
-            out[name] = None if value is None else _jsonable(np.asarray(value, dtype=np.float64))
+            out[name] = None if value is None else to_jsonable(np.asarray(value, dtype=np.float64))
         return out
 
     @classmethod
