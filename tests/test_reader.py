@@ -141,3 +141,22 @@ def test_a_slice_of_a_plan_equals_the_same_rows_of_the_whole(tiny_llama):
     whole = extract_items(plan).states
     part = extract_items(plan, [2, 0]).states
     torch.testing.assert_close(part, whole[:, [2, 0]])
+
+
+def test_logit_positions_equal_the_full_logits_and_leave_the_reads_unchanged(tiny_llama):
+    a = adapt(tiny_llama)
+    batch = a.tokenize(TEXTS, padding_side="right")
+    sites = {1: a.hook_name("resid_post", 1)}
+    positions = [[0, int(n) - 1] for n in batch.attention_mask.sum(-1)]
+    out = read(a, batch, sites, logit_positions=positions)
+    full = read(a, batch, sites, logits=True)
+    assert full.logits is not None and out.position_logits is not None
+    for r, pos in enumerate(positions):
+        assert torch.allclose(out.position_logits[r], full.logits[r, pos], atol=1e-5)
+    assert torch.equal(out.values[1], full.values[1])
+    alone = read(a, batch, {}, logit_positions=positions).position_logits
+    assert alone is not None
+    assert all(torch.equal(x, y) for x, y in zip(alone, out.position_logits, strict=True))
+    with pytest.raises(ValueError, match="logit_positions"):
+        read(a, batch, sites, grad=True, logit_positions=positions)
+    assert leaked_hooks(tiny_llama) == 0

@@ -143,6 +143,38 @@ def test_validate_matches_greedy_argmax_and_caches(tiny_llama, tmp_path, monkeyp
     assert report.by_relation["toy_capital"][1] == len(prompts) + len(own)
 
 
+def _full_forward_verdicts(model, prompts):
+    """validate's verdicts and top-1 ids by hand, from the full logits of one forward."""
+    adapter = adapt(model)
+    enc = encode_prompts(adapter, prompts, with_answer=True)
+    logits = adapter.forward(enc.batch)
+    assert logits is not None
+    preds = [logits[r, pos].argmax(-1).tolist() for r, pos in enumerate(enc.object_positions)]
+    return [p == a for p, a in zip(preds, enc.answer_ids, strict=True)], [p[0] for p in preds]
+
+
+@pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_gpt2"])
+def test_validate_and_top1_equal_the_full_forward(fixture, request, tmp_path, monkeypatch):
+    monkeypatch.setenv("SEMHOOKS_CACHE", str(tmp_path))
+    model = request.getfixturevalue(fixture)
+    prompts = capital_prompts(1)
+    correct, top = _full_forward_verdicts(model, prompts)
+    report = validate(model, prompts, on_empty="return", cache=False, progress=False)
+    assert report.correct == correct and report.top1 == top
+    states = prompt_states(model, prompts, [0], aggregation="first", top1=True, batch_size=3)
+    assert states.top1 is not None and states.top1.tolist() == top
+
+
+@pytest.mark.real
+def test_real_validate_equals_the_full_forward(smollm2, tmp_path, monkeypatch):
+    monkeypatch.setenv("SEMHOOKS_CACHE", str(tmp_path))
+    prompts = capital_prompts(2)
+    correct, top = _full_forward_verdicts(smollm2, prompts)
+    report = validate(smollm2, prompts, on_empty="return", cache=False, progress=False)
+    assert report.correct == correct and report.top1 == top
+    assert sum(correct) > 0  # the oracle is not vacuous: SmolLM2 knows some capitals
+
+
 def test_no_prompt_survives_validation_raises(tiny_llama, tmp_path, monkeypatch):
     monkeypatch.setenv("SEMHOOKS_CACHE", str(tmp_path))
     bad = [RelationPrompt("The capital of France is", "France", "Cat, Dog, Owl, Bee")]

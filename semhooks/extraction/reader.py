@@ -38,6 +38,8 @@ class Readout:
 
     values: dict[Any, Tensor]
     logits: Float[Tensor, "batch pos vocab"] | None = None
+    #: with ``logit_positions``: row ``r``'s logits at ``logit_positions[r]``, ``[k_r, vocab]``
+    position_logits: list[Float[Tensor, "k vocab"]] | None = None
 
 
 def raw(key: Any, acts: Tensor) -> Tensor:
@@ -88,6 +90,7 @@ def read(
     grad: bool = False,
     logits: bool = False,
     edits: Sequence[tuple[str, HookFn]] = (),
+    logit_positions: Sequence[Sequence[int]] | None = None,
 ) -> Readout:
     """Run ``batch`` once and return ``take(key, acts)`` for every ``key -> hook name``.
 
@@ -103,11 +106,18 @@ def read(
             every requested hook has fired (nothing after the deepest site runs).
         edits: hooks that change activations (``fn(acts, hook) -> acts``), attached before
             the reading hooks, e.g. to write a value into the residual stream.
+        logit_positions: also the logits at ``logit_positions[r]`` of each row ``r``
+            (:meth:`~semhooks.backend.adapter.ModelAdapter.logits_at`: a decoder's pass
+            stops after the last block and only those positions are unembedded), in
+            ``Readout.position_logits``. ``sites`` may then be empty. Not with ``grad`` or
+            ``logits``.
 
     Raises:
         RuntimeError naming the hooks that did not fire.
     """
-    if not sites:
+    if logit_positions is not None and (grad or logits):
+        raise ValueError("read(logit_positions=...) runs without autograd and full logits")
+    if not sites and logit_positions is None:
         raise ValueError("read() needs at least one site to read")
     by_name: dict[str, list[Any]] = {}
     for key, name in sites.items():
@@ -121,13 +131,17 @@ def read(
                 out = take(key, acts)
                 values[key] = out if grad else out.detach()
             fired.add(name)
-            if not logits and len(fired) == len(by_name):
+            if not logits and logit_positions is None and len(fired) == len(by_name):
                 raise StopForward
 
         return hook
 
     hooks = [*edits, *((name, reader(name, keys)) for name, keys in by_name.items())]
-    if grad:
+    at: list[Tensor] | None = None
+    if logit_positions is not None:
+        out = None
+        at = adapter.logits_at(batch, logit_positions, hooks)
+    elif grad:
         out = adapter.run_differentiable(batch.input_ids, batch.attention_mask, hooks)
     else:
         out = adapter.forward(batch, hooks, return_logits=logits)
@@ -137,7 +151,7 @@ def read(
             f"hooks {missing} did not fire on {adapter.name}; the model has no such site in "
             "its forward pass"
         )
-    return Readout(values, out if logits else None)
+    return Readout(values, out if logits else None, at)
 
 
 def read_batches(

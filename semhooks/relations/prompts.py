@@ -390,11 +390,10 @@ def validate(
     chunks = [todo[k : k + batch_size] for k in range(0, len(todo), batch_size)]
     for chunk in tqdm(chunks, desc="validate", disable=not progress or len(chunks) < 2):
         enc = encode_prompts(adapter, [prompts[i] for i in chunk], with_answer=True)
-        logits = adapter.forward(enc.batch)
-        assert logits is not None
+        # only the answer positions are unembedded (the forward stops after the last block)
+        at = adapter.logits_at(enc.batch, enc.object_positions)
         for row, i in enumerate(chunk):
-            pos = enc.object_positions[row]
-            pred = logits[row, pos].argmax(-1).tolist()
+            pred = at[row].argmax(-1).tolist()
             verdicts[i] = (pred == enc.answer_ids[row], int(pred[0]))
     if cache and todo:
         for relation in {prompts[i].relation for i in todo}:
@@ -524,7 +523,8 @@ def prompt_states(
 
     Object states need the answer (``with_answer`` defaults to ``aggregation == "mean"``);
     with ``aggregation="first"`` the object state is the last prompt token's. Without
-    ``top1`` the forward stops after the deepest layer.
+    ``top1`` the forward stops after the deepest layer; with it, after the last block, and
+    only the last prompt token is unembedded.
     """
     adapter = adapt(model)
     adapter.require_eval()
@@ -542,7 +542,6 @@ def prompt_states(
     chunks = [prompts[k : k + batch_size] for k in range(0, len(prompts), batch_size)]
     for chunk in tqdm(chunks, desc="states", disable=not progress or len(chunks) < 2):
         enc = encode_prompts(adapter, chunk, with_answer=use_answer)
-        rows = torch.arange(len(chunk))
         sp = enc.subject_positions
         weights = torch.zeros(len(chunk), enc.batch.input_ids.shape[1])
         for r, pos in enumerate(enc.object_positions):
@@ -556,13 +555,14 @@ def prompt_states(
             xf = x.to("cpu", torch.float32)
             return torch.stack([xf[torch.arange(len(sp)), sp], torch.einsum("bt,btd->bd", w, xf)])
 
-        got = read(adapter, enc.batch, sites, take, logits=top1)
+        at = [[int(p)] for p in last_prompt] if top1 else None
+        got = read(adapter, enc.batch, sites, take, logit_positions=at)
         for layer in layer_list:
             subj[layer].append(got.values[layer][0])
             objs[layer].append(got.values[layer][1])
         if top1:
-            assert got.logits is not None
-            tops.append(got.logits[rows, last_prompt].argmax(-1).cpu())
+            assert got.position_logits is not None
+            tops.append(torch.cat(got.position_logits).argmax(-1).cpu())
     return PromptStates(
         subject={layer: torch.cat(v) for layer, v in subj.items()},
         object={layer: torch.cat(v) for layer, v in objs.items()},

@@ -5,21 +5,23 @@ column index is a token index), aligns every pair by characters (:mod:`.align`),
 baselines once, and keeps the *source* run's activations at the hook points a grid needs.
 :func:`run_cells` then evaluates many cells in one forward: the receiver batch is repeated
 once per cell, and each repeat gets its own patch (rows ``c * n_pairs .. (c + 1) * n_pairs``
-carry cell ``c``). Metrics read the receiver's last token only: the forward stops after the
-last block and the unembedding is applied to that one position per row.
+carry cell ``c``). Every forward is one :func:`~semhooks.extraction.reader.read`; metrics
+read the receiver's last token only (``ModelAdapter.logits_at``: the forward stops after the
+last block and the unembedding is applied to that one position per row).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from semhooks.backend.adapter import StopForward, Tokenized, adapt
+from semhooks.backend.adapter import Tokenized, adapt
+from semhooks.extraction.reader import batch_from_ids, read
 from semhooks.studies.patching.align import (
     AlignmentError,
     PairAlignment,
@@ -35,6 +37,7 @@ from semhooks.studies.patching.align import (
 GRID_SITES = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "head")
 Metric = Callable[[Float[Tensor, "row vocab"], Int[Tensor, " row"]], Float[Tensor, " row"]]
 Mode = Literal["denoise", "noise"]
+K = TypeVar("K", bound=Hashable)
 # A cell edit: (receiver values [k, ...], source values [k, ...], cell) -> new values
 Edit = Callable[[Tensor, Tensor, "Cell"], Tensor]
 
@@ -176,23 +179,13 @@ def prepare(
         is_source = (which == "clean") == (mode == "denoise")
         if not is_source and not run_receiver:
             continue
-        cache: dict[str, Tensor] = {}
-        capture = [(n, _capture(cache, n)) for n in set(names.values())]
-        value = run_metric(setup, batch, pairs, capture)
+        value, acts = evaluate(setup, batch, pairs, [], reads=names)
         if which == "clean":
             setup.clean_metric = value
         else:
             setup.corrupted_metric = value
-        target = setup.sources if is_source else setup.receivers
-        target.update({key: cache[n] for key, n in names.items()})
+        (setup.sources if is_source else setup.receivers).update(acts)
     return setup
-
-
-def _capture(store: dict[str, Tensor], name: str) -> Callable[[Tensor, Any], None]:
-    def hook(act: Tensor, hook: Any = None) -> None:
-        store[name] = act.detach().clone()
-
-    return hook
 
 
 def run_metric(
@@ -206,38 +199,67 @@ def run_metric(
 ) -> Float[Tensor, " row"]:
     """The metric on ``batch`` repeated ``repeat`` times, under ``fwd_hooks``: the forward
     stops after the last block; the unembedding reads each row's last token only."""
+    return evaluate(setup, batch, pairs, fwd_hooks, grad=grad, repeat=repeat)[0]
+
+
+def _keep(key: Any, acts: Tensor) -> Tensor:
+    return acts.clone()
+
+
+def evaluate(
+    setup: PatchingSetup,
+    batch: Tokenized,
+    pairs: Int[Tensor, " row"],
+    fwd_hooks: list[tuple[str, Any]],
+    *,
+    grad: bool = False,
+    repeat: int = 1,
+    reads: Mapping[K, str] | None = None,
+) -> tuple[Float[Tensor, " row"], dict[K, Tensor]]:
+    """:func:`run_metric`, and the activations ``{key: [row, pos, ...]}`` at ``reads``
+    (``{key: hook name}``, seen after ``fwd_hooks``) from the same forward.
+
+    One pass of :func:`~semhooks.extraction.reader.read`: without ``grad`` the logits come
+    from :meth:`~semhooks.backend.adapter.ModelAdapter.logits_at` (last token of each row);
+    with ``grad`` (which ``logits_at`` cannot follow) the read stops at the last block's
+    ``resid_post`` and that row's last position is unembedded under autograd.
+    """
     adapter = setup.adapter
-    ids = batch.input_ids.repeat(repeat, 1)
     mask = batch.attention_mask.repeat(repeat, 1)
-    last = (mask.sum(-1) - 1).to(adapter.device)
-    final: list[Tensor] = []
-
-    def stop(act: Tensor, hook: Any = None) -> None:
-        final.append(act[torch.arange(act.shape[0], device=act.device), last])
-        raise StopForward
-
-    hooks = [*fwd_hooks, (adapter.hook_name("resid_post", adapter.n_layers - 1), stop)]
+    batch_r = batch_from_ids(batch.input_ids.repeat(repeat, 1), mask, texts=batch.texts * repeat)
+    last = mask.sum(-1) - 1
+    sites: dict[Any, str] = dict(reads or {})
     setup.n_forwards += 1
     if grad:
-        adapter.run_differentiable(ids, mask, hooks)
-        logits = adapter.unembed(final[0])
+        final = _Final()
+        sites[final] = adapter.hook_name("resid_post", adapter.n_layers - 1)
+
+        def take(key: Any, acts: Tensor) -> Tensor:
+            if key is final:
+                return acts[torch.arange(acts.shape[0], device=acts.device), last.to(acts.device)]
+            return acts.clone()
+
+        out = read(adapter, batch_r, sites, take, grad=True, edits=fwd_hooks)
+        values = dict(out.values)
+        logits = adapter.unembed(values.pop(final))
     else:
-        with torch.inference_mode():
-            batch_r = Tokenized(
-                batch.texts * repeat, ids, mask, batch.offsets.repeat(repeat, 1, 1),
-                batch.special.repeat(repeat, 1), batch.padding_side, batch.truncated * repeat,
-            )  # fmt: skip
-            adapter.forward(batch_r, hooks, return_logits=False)
-            logits = adapter.unembed(final[0])
-    if not final:
-        raise PatchingError("the forward pass never reached the last block")
-    out = setup.metric(logits.float(), pairs.to(logits.device))
-    if not isinstance(out, Tensor) or tuple(out.shape) != (ids.shape[0],):
+        out = read(
+            adapter, batch_r, sites, _keep, edits=fwd_hooks,
+            logit_positions=[[int(i)] for i in last],
+        )  # fmt: skip
+        assert out.position_logits is not None
+        values, logits = dict(out.values), torch.cat(out.position_logits)
+    result = setup.metric(logits.float(), pairs.to(logits.device))
+    if not isinstance(result, Tensor) or tuple(result.shape) != (mask.shape[0],):
         raise PatchingError(
-            f"the metric must return one value per row, shape ({ids.shape[0]},); got "
-            f"{tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__}"
+            f"the metric must return one value per row, shape ({mask.shape[0]},); got "
+            f"{tuple(result.shape) if isinstance(result, Tensor) else type(result).__name__}"
         )
-    return out if grad else out.detach().cpu().float()
+    return (result if grad else result.detach().cpu().float()), values
+
+
+class _Final:
+    """The key of the last block's read in :func:`evaluate` (never equal to a caller's)."""
 
 
 def _patch_hook(
