@@ -94,3 +94,79 @@ def test_shards_open_as_an_arrow_dataset_equal_to_the_shard_tensors(tiny_llama, 
                                   sharded.layer(2).numpy())  # fmt: skip
     with pytest.raises(KeyError, match="layer 1 not extracted"):
         shards_to_dataset(sharded, [1])
+
+
+def _sentiment_dataset():
+    pos = ["I loved this movie", "wonderful and moving", "it was wonderful", "loved it"]
+    neg = ["I hated this film", "boring and dull", "far too long", "dull, boring film"]
+    texts = (pos + neg) * 3
+    labels = [1] * 4 + [0] * 4
+    labels = labels * 3
+    features = datasets.Features(
+        {"text": datasets.Value("string"),
+         "label": datasets.ClassLabel(names=["negative", "positive"])}
+    )  # fmt: skip
+    ds = datasets.Dataset.from_dict({"text": texts, "label": labels}, features=features)
+    return ds, TextClassificationDataset(texts, np.array(labels), ("negative", "positive"))
+
+
+def test_studies_take_labelled_datasets_and_give_the_list_result(tiny_gpt2):
+    from semhooks.studies.calibration import calibration_study
+    from semhooks.studies.probing import pooling_study
+
+    ds, data = _sentiment_dataset()
+    half = len(ds) // 2
+    tr_ds, te_ds = ds.select(range(half)), ds.select(range(half, len(ds)))
+    tr, te = data.take(np.arange(half), ""), data.take(np.arange(half, len(ds)), "")
+    kw = dict(layers=[1], poolings=("mean", "last"), Cs=(1.0,), cv=2, progress=False)
+    a = pooling_study(tiny_gpt2, tr_ds, te_ds, transfer={"again": te_ds}, **kw)
+    b = pooling_study(tiny_gpt2, tr, te, transfer={"again": te}, **kw)
+
+    def cells(res):
+        return [(r["layer"], r["pooling"], r["accuracy"]) for r in res.rows]
+
+    assert len(a.rows) == 4 and cells(a) == cells(b)
+    kw = dict(k_shot=0, knn_k=3, calibrator_params={"max_epochs": 2}, progress=False)
+    c = calibration_study(tiny_gpt2, tr_ds, te_ds, ["bad", "good"], **kw)
+    d = calibration_study(tiny_gpt2, tr, te, ["bad", "good"], **kw)
+    assert [(s.method, s.accuracy) for s in c.scores] == [(s.method, s.accuracy) for s in d.scores]
+
+
+def test_emergence_pairs_take_a_text_dataset(tiny_llama):
+    from semhooks.studies.emergence import collect_pairs
+
+    texts = ["a b c d", "e f g h", "i j k l", "m n o p"]
+    a = collect_pairs(
+        tiny_llama, datasets.Dataset.from_dict({"text": texts}), positions=[1, 2], progress=False
+    )
+    b = collect_pairs(tiny_llama, texts, positions=[1, 2], progress=False)
+    assert torch.equal(a.macro, b.macro) and torch.equal(a.micro, b.micro)
+    assert torch.equal(a.token_ids, b.token_ids)
+
+
+def test_wic_datasets_in_both_layouts_become_the_same_items(tiny_llama):
+    from semhooks.data.columns import wic_items
+    from semhooks.data.loaders import load_wic
+    from semhooks.studies.lexical import wic_study
+
+    items = load_wic("dev")[:24]
+    own = datasets.Dataset.from_list(
+        [{"lemma": i.lemma, "pos": i.pos, "sentence1": i.sentence1, "sentence2": i.sentence2,
+          "index1": i.index1, "index2": i.index2, "label": i.label} for i in items]
+    )  # fmt: skip
+    glue = datasets.Dataset.from_list(
+        [{"word": i.lemma, "sentence1": i.sentence1, "sentence2": i.sentence2,
+          "start1": i.char_span1[0], "end1": i.char_span1[1],
+          "start2": i.char_span2[0], "end2": i.char_span2[1], "label": int(i.label)}
+         for i in items]
+    )  # fmt: skip
+    assert wic_items(own) == items
+    assert [(i.sentence1, i.index1, i.index2, i.label) for i in wic_items(glue)] == [
+        (i.sentence1, i.index1, i.index2, i.label) for i in items
+    ]
+    with pytest.raises(KeyError, match="needs columns"):
+        wic_items(datasets.Dataset.from_dict({"text": ["x"]}))
+    kw = dict(n_fit=None, n_eval=None, variants=["base"], probe=False, progress=False)
+    a = wic_study(tiny_llama, fit=own.select(range(16)), evaluate=own.select(range(16, 24)), **kw)
+    b = wic_study(tiny_llama, fit=items[:16], evaluate=items[16:], **kw)
+    assert a.accuracy == b.accuracy and a.thresholds == b.thresholds

@@ -5,9 +5,9 @@ Python lists. :func:`from_columns` turns a ``Dataset`` (or a ``Column``, what
 ``dataset["text"]`` returns in ``datasets`` 4+) into what a function already takes; any
 other value passes through untouched. It is called at the top of ``extract_states`` (texts
 and ``tokens=`` spans), ``vocab_lens``, ``generate``, ``steering_curve``,
-``relations.validate`` and the LRE/LRC prompt checks; for the entry points in modules at
-their size limit (``pooling_study``, ``calibration_study``, ``information_emergence``) call it
-yourself until those modules are split: ``pooling_study(model, from_columns(ds, "labelled"))``. Columns are found by name: ``text``, ``label``
+``relations.validate``, the LRE/LRC prompt checks, ``pooling_study``, ``calibration_study``
+and ``collect_pairs``/``information_emergence``; :func:`wic_items` reads WiC datasets for
+``wic_study``. Columns are found by name: ``text``, ``label``
 (``ClassLabel`` names become ``label_names``), ``span``, ``subject``/``object``/``relation``
 for prompts. Rename yours first (``dataset.rename_column("sentence", "text")``).
 
@@ -112,3 +112,43 @@ def from_columns(
         data = {c: _column(obj, c, "records") for c in (*cols, *extra)}
         return [build(**{c: data[c][i] for c in data}) for i in range(len(obj))]
     raise ValueError(f"unknown kind {kind!r}; use 'texts', 'labelled' or 'records'")
+
+
+def wic_items(obj: Any) -> Any:
+    """A WiC ``Dataset`` as ``[WiCItem, ...]``; anything else unchanged.
+
+    Two layouts are read: semhooks' own (``lemma``, ``pos``, ``sentence1``, ``sentence2``,
+    ``index1``, ``index2``, ``label``) and SuperGLUE's (``word``, ``sentence1``, ``sentence2``,
+    ``start1``, ``start2``, ``end1``, ``end2``, ``label``: character offsets, turned into
+    whitespace-token indices; ``label`` 0/1, or -1 for no gold). Raises ``KeyError`` naming
+    the missing columns.
+    """
+    if not is_dataset(obj):
+        return obj
+    from semhooks.data.wic import WiCItem
+
+    cols = set(obj.column_names)
+    own = {"sentence1", "sentence2", "index1", "index2"}
+    glue = {"word", "sentence1", "sentence2", "start1", "start2"}
+    if not (own <= cols or glue <= cols):
+        raise KeyError(
+            f"a WiC Dataset needs columns {sorted(own)} (+ lemma, pos, label) or SuperGLUE's "
+            f"{sorted(glue)} (+ label); this one has {obj.column_names}"
+        )
+
+    def gold(value: Any) -> bool | None:
+        if value is None or (isinstance(value, (int, np.integer)) and int(value) < 0):
+            return None
+        return bool(value)
+
+    items = []
+    for row in obj:
+        s1, s2 = str(row["sentence1"]), str(row["sentence2"])
+        if own <= cols:
+            i1, i2 = int(row["index1"]), int(row["index2"])
+        else:  # the target's whitespace-token index: how many tokens start before it
+            i1, i2 = len(s1[: int(row["start1"])].split()), len(s2[: int(row["start2"])].split())
+        lemma = str(row["lemma"] if "lemma" in cols else row["word"])
+        pos = str(row["pos"]) if "pos" in cols else "?"
+        items.append(WiCItem(lemma, pos, s1, s2, i1, i2, gold(row.get("label"))))
+    return items

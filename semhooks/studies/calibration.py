@@ -32,6 +32,7 @@ from sklearn.metrics import accuracy_score, adjusted_rand_score
 from torch import Tensor
 
 from semhooks.backend.adapter import adapt
+from semhooks.data.columns import from_columns
 from semhooks.estimators.calibrator import SemanticCalibrator
 from semhooks.studies.calibration_results import (
     CalibrationResult,
@@ -258,6 +259,8 @@ def calibration_study(
     """
     from sklearn.linear_model import LogisticRegression
     from sklearn.neighbors import KNeighborsClassifier
+
+    train, test = from_columns(train, "labelled"), from_columns(test, "labelled")
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 

@@ -56,6 +56,7 @@ from sklearn.model_selection import train_test_split
 from torch import Tensor
 
 from semhooks.backend.adapter import adapt
+from semhooks.data.columns import wic_items
 from semhooks.data.loaders import WiCItem, load_wic
 from semhooks.extraction.spans import char_span_to_positions
 from semhooks.extraction.states import extract_states
@@ -340,7 +341,7 @@ def _load_items(source: WiCSource, what: str) -> tuple[list[WiCItem], str]:
         items = load_wic(source)
         name = source if isinstance(source, str) and source in ("train", "dev") else None
         return items, name or Path(source).name
-    items = list(source)
+    items = list(wic_items(source))
     if items and not all(isinstance(i, WiCItem) for i in items):
         raise TypeError(f"{what} must be a split name, a path or a list of WiCItem")
     return items, "custom"

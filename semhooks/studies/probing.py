@@ -39,6 +39,7 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from semhooks.backend.adapter import ModelAdapter, adapt
+from semhooks.data.columns import from_columns
 from semhooks.data.loaders import TextClassificationDataset
 from semhooks.estimators.pooler import AttentionPooler
 from semhooks.estimators.probes import fit_logistic_probe
@@ -443,6 +444,8 @@ def pooling_study(
         :class:`PoolingResult`.
     """
     t0 = time.perf_counter()
+    train, test = from_columns(train, "labelled"), from_columns(test, "labelled")
+    transfer = transfer and {k: from_columns(v, "labelled") for k, v in transfer.items()}
     poolings = _check_poolings(poolings)
     if len(train) == 0:
         raise ValueError("the training set is empty")

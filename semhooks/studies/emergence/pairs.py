@@ -15,6 +15,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from semhooks.backend.adapter import ModelAdapter, Tokenized, adapt
+from semhooks.data.columns import from_columns
 from semhooks.extraction.reader import batch_from_ids, read
 from semhooks.studies.emergence.inputs import EntityLists
 
@@ -255,6 +256,7 @@ def collect_pairs(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     entity: EntityLists | None = None
+    sequences = from_columns(sequences)
     if isinstance(sequences, EntityLists):
         entity = sequences
         texts = list(sequences.texts)
