@@ -1,6 +1,6 @@
 # Two commands do everything on a fresh machine:
 #   make demo   set up, then run the main job on the embedded default model (SmolLM2)
-#   make test   set up, then run the whole test suite (9.5 min on an idle 2-core machine)
+#   make test   set up, then run the whole test suite (about 14 min on a 2-core CI machine)
 #   make test-fast   the tiny-model unit tests only (no real model, no notebooks; 2 min 51 s)
 #   make test-latest the backend tests on the newest releases the bounds allow (.venv-latest)
 VENV ?= .venv
@@ -16,7 +16,7 @@ demo: setup
 	$(VENV)/bin/semhooks run quickstart --out runs/quickstart
 
 test: setup
-	$(PY) -m pytest -q tests --nbmake $(NOTEBOOKS) --nbmake-timeout=1800
+	$(PY) -m pytest -q --durations=25 tests --nbmake $(NOTEBOOKS) --nbmake-timeout=1800
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not real and not slow" tests
