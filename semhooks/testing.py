@@ -228,8 +228,8 @@ def tiny_model(
     if backend == "hooked":
         from semhooks.backend.hooked import hooked_transformer_from_hf
 
-        if arch != "llama":
-            raise ValueError("tiny_model(backend='hooked') supports arch='llama' only")
+        # Raises ValueError naming the architecture where TransformerLens 3.x has no
+        # HookedTransformer for it (semhooks.backend.hooked_configs.UNSUPPORTED).
         model = hooked_transformer_from_hf(hf, tok)
     else:
         from transformer_lens.model_bridge import TransformerBridge

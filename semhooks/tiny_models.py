@@ -63,16 +63,15 @@ def _llama_like(
     class_name: str, config_name: str, extra: dict[str, Any] | None = None
 ) -> Callable[[Any, int, int], Any]:
     def build(tok: Any, n_layers: int, d_model: int) -> Any:
-        return _make(
-            class_name,
-            config_name,
-            num_hidden_layers=n_layers,
-            num_key_value_heads=2,
-            max_position_embeddings=512,
+        kwargs = {
+            "num_hidden_layers": n_layers,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": 512,
             **_heads(d_model),
             **_ids(tok),
             **(extra or {}),
-        )
+        }
+        return _make(class_name, config_name, **kwargs)
 
     return build
 
@@ -273,7 +272,13 @@ ARCHS: dict[str, TinyArch] = {
             "gpt2",
             "OlmoForCausalLM",
             ("non-parametric LayerNorm", "rotary"),
-            _llama_like("OlmoForCausalLM", "OlmoConfig", {"tie_word_embeddings": False}),
+            # As many KV heads as query heads, like the OLMo-1 checkpoints (TransformerLens
+            # 3.x's OLMo conversion has no grouped KV heads).
+            _llama_like(
+                "OlmoForCausalLM",
+                "OlmoConfig",
+                {"tie_word_embeddings": False, "num_key_value_heads": 4},
+            ),
         ),
         TinyArch(
             "gptj",

@@ -112,8 +112,8 @@ def tl_version() -> str:
     return version("transformer-lens")
 
 
-def pinned_transformer_lens() -> str | None:
-    for line in (ROOT / "constraints.txt").read_text(encoding="utf-8").splitlines():
+def pinned_transformer_lens(constraints: str = "constraints.txt") -> str | None:
+    for line in (ROOT / constraints).read_text(encoding="utf-8").splitlines():
         if line.lower().startswith("transformer-lens=="):
             return line.split("==", 1)[1].strip()
     return None
@@ -146,17 +146,19 @@ def _reference(arch: str, dtype: torch.dtype = torch.float32) -> Any:
 
 
 def get_model(arch: str, backend: str, dtype: torch.dtype = torch.float32) -> Any:
-    if backend == "hooked":
-        if arch != "llama":
-            raise NotApplicable("semhooks builds HookedTransformer (TL 3.x) for Llama only")
-        if not hooked_transformer_available():
-            pytest.skip("HookedTransformer needs TransformerLens 3.x (make tl3)")
+    if backend == "hooked" and not hooked_transformer_available():
+        pytest.skip("HookedTransformer needs TransformerLens 3.x (make tl3)")
     with warnings.catch_warnings():
         # transformers' notices about randomly initialised tiny configs.
         warnings.filterwarnings("ignore", category=UserWarning, module="transformers")
         try:
             return _model(arch, backend, dtype)
         except ValueError as exc:
+            if backend == "hooked" and "cannot build model_type" in str(exc):
+                # No HookedTransformer for this architecture in TransformerLens 3.x: the
+                # error names the model type and says why.
+                assert f"model_type={ARCHS_MODEL_TYPE.get(arch, arch)!r}" in str(exc), exc
+                raise NotApplicable(str(exc).split(": ", 1)[1].split(". Supported")[0]) from exc
             # An older TransformerLens (3.x in CI) may lack this family's bridge adapter:
             # TransformerLens refuses it by name. The pinned version must support them all.
             version = tl_version()
@@ -531,28 +533,59 @@ def test_device_map(arch: str) -> None:
             check_readout(model, arch)
 
 
+HOOKED_FEATURES = 8  # sites .. save_load: test_low_precision and test_device_map are bridge-only
+
+
+def _support_table() -> Any:
+    path = ROOT / "scripts" / "support_table.py"
+    spec = importlib.util.spec_from_file_location("support_table", path)
+    assert spec is not None and spec.loader is not None
+    table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(table)
+    return table
+
+
+def test_committed_hooked_cells_are_this_runs() -> None:
+    """``scripts/conformance_hooked.json`` (the README's HookedTransformer column) holds the
+    hooked cells of this run, under the TransformerLens 3.x pinned in constraints-tl3.txt.
+
+    Runs after every hooked cell (pytest keeps file order); skipped otherwise.
+    """
+    hooked = RESULTS.get("hooked", {})
+    ran = sum(len(row) for row in hooked.values())
+    if not hooked_transformer_available() or ran < len(ARCHS) * HOOKED_FEATURES:
+        pytest.skip(f"only {ran} hooked cells ran under TransformerLens {tl_version()}")
+    version = tl_version()
+    if version != pinned_transformer_lens("constraints-tl3.txt"):
+        pytest.skip(f"the committed hooked cells are from the pinned TL 3.x, not {version}")
+    table = _support_table()
+    assert table.load_hooked() == table.hooked_part(payload()), (
+        "scripts/conformance_hooked.json is stale: run this file under TransformerLens 3.x "
+        "with SEMHOOKS_CONFORMANCE_JSON=build/conformance-tl3.json, then python "
+        "scripts/support_table.py --results build/conformance-tl3.json --update-hooked"
+    )
+
+
 def test_readme_support_table_is_this_runs_rendering() -> None:
-    """README.md's support table equals the rendering of this run's cells (never hand-edited).
+    """README.md's support table equals the rendering of this run's bridge cells merged with
+    the committed hooked cells (``scripts/conformance_hooked.json``; never hand-edited).
 
     Runs last (pytest keeps file order); skipped when only part of the suite ran, or under
-    TransformerLens 3.x (whose HookedTransformer column differs from the published one).
+    another TransformerLens than the pinned 4.x.
     """
     expected_cells = len(ARCHS) * len(FEATURES)
     got_cells = sum(len(row) for row in RESULTS.get("bridge", {}).values())
-    if got_cells < expected_cells or len(RESULTS.get("hooked", {})) < len(ARCHS):
+    if got_cells < expected_cells:
         pytest.skip(f"only {got_cells} of {expected_cells} bridge cells ran (use the whole file)")
     version = tl_version()
     if version != pinned_transformer_lens():
         pytest.skip(
             f"the README's table is rendered with the pinned TransformerLens, not {version}"
         )
-    path = ROOT / "scripts" / "support_table.py"
-    spec = importlib.util.spec_from_file_location("support_table", path)
-    assert spec is not None and spec.loader is not None
-    table = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(table)
+    table = _support_table()
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    assert table.current_block(readme) == table.render(payload()), (
+    want = table.render(table.merge(payload(), table.load_hooked()))
+    assert table.current_block(readme) == want, (
         "README.md's support table is stale: run pytest tests/test_conformance.py, then "
         "python scripts/support_table.py"
     )

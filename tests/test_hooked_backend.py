@@ -303,12 +303,14 @@ def test_tokenizer_without_pad_is_copied_not_mutated() -> None:
 
 
 @needs_hooked
-def test_refuses_non_llama_and_biased_configs() -> None:
-    from transformers import GPT2Config, GPT2LMHeadModel
+def test_refuses_unsupported_and_biased_configs() -> None:
+    from transformers import BertConfig, BertForMaskedLM
 
-    gpt2 = GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=50))
-    with pytest.raises(ValueError, match="model_type='gpt2'"):
-        hooked_transformer_from_hf(gpt2, tiny_hf_tokenizer())
+    bert = BertForMaskedLM(
+        BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, vocab_size=50)
+    )
+    with pytest.raises(ValueError, match="cannot build model_type='bert': .*HookedEncoder"):
+        hooked_transformer_from_hf(bert, tiny_hf_tokenizer())
     hf, tok = tiny_hf_llama()
     hf.config.attention_bias = True
     with pytest.raises(ValueError, match="attention_bias"):

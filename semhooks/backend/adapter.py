@@ -124,9 +124,9 @@ class ModelAdapter:
         self.tokenizer = model.tokenizer
         if self.tokenizer is None:
             raise ValueError("semhooks needs a model with a tokenizer (model.tokenizer is None)")
+        self.state: ModelState = model_state(model)
         self.model_type: str = self._model_type()
         self.is_encoder: bool = self.model_type in ENCODER_MODEL_TYPES
-        self.state: ModelState = model_state(model)
         self.name: str = name or short_model_name(
             str(self.state.name or getattr(cfg, "model_name", None) or cls)
         )
@@ -151,6 +151,8 @@ class ModelAdapter:
         config = getattr(hf, "config", None)
         if config is not None and getattr(config, "model_type", None):
             return str(config.model_type)
+        if self.state.model_type:  # a HookedTransformer converted by semhooks
+            return self.state.model_type
         arch = getattr(self.model.cfg, "original_architecture", None) or ""
         return str(arch).lower().replace("forcausallm", "").replace("lmheadmodel", "")
 

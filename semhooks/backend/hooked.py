@@ -1,13 +1,17 @@
-"""Build a TransformerLens 3.x ``HookedTransformer`` from a Hugging Face Llama model in hand.
+"""Build a TransformerLens 3.x ``HookedTransformer`` from a Hugging Face model in hand.
 
 semhooks' primary backend is TransformerLens 4.x ``TransformerBridge``. TransformerLens 3.x
 ships ``HookedTransformer`` (removed in 4.x), whose ``from_pretrained`` only accepts model
 names from its own registry and re-loads tokenizers by name. This module builds one from an
-already-loaded Hugging Face model and tokenizer, offline, for any Llama-architecture model
-(Llama 2/3, SmolLM, TinyLlama, ...): a hand-built ``HookedTransformerConfig`` read off
-``hf_model.config``, TransformerLens' own Llama weight conversion
-(``transformer_lens.pretrained.weight_conversions.convert_llama_weights``), and
-``HookedTransformer.load_and_process_state_dict``.
+already-loaded Hugging Face model and tokenizer, offline, for every architecture
+TransformerLens 3.x runs as a ``HookedTransformer`` (Llama, Mistral, Mixtral, Qwen2/3,
+Phi-3, Gemma 1/2/3, OLMo, OLMoE, GPT-2, GPT-NeoX, GPT-J, OPT, BLOOM: see
+:mod:`semhooks.backend.hooked_configs`): a ``HookedTransformerConfig`` read off
+``hf_model.config`` (by its ``model_type``, never by a checkpoint name), TransformerLens' own
+weight conversion for the architecture
+(``transformer_lens.pretrained.weight_conversions.convert_*_weights``), and
+``HookedTransformer.load_and_process_state_dict``. Other architectures are refused with the
+reason.
 
 No weight processing by default
 -------------------------------
@@ -77,8 +81,8 @@ def hooked_transformer_available() -> bool:
     return True
 
 
-def _import_hooked() -> tuple[Any, Any, Any]:
-    """Return ``(HookedTransformer, HookedTransformerConfig, convert_llama_weights)`` or raise."""
+def _import_hooked() -> tuple[Any, Any]:
+    """Return ``(HookedTransformer, HookedTransformerConfig)`` or raise ``ImportError``."""
     try:
         from transformer_lens import HookedTransformer, HookedTransformerConfig
     except ImportError as err:
@@ -86,19 +90,26 @@ def _import_hooked() -> tuple[Any, Any, Any]:
             f"transformer_lens {_installed_transformer_lens_version()} has no HookedTransformer. "
             + _INSTALL_HINT
         ) from err
-    try:
-        from transformer_lens.pretrained.weight_conversions import convert_llama_weights
-    except ImportError:  # layout of TransformerLens 2.x
+    return HookedTransformer, HookedTransformerConfig
+
+
+def _weight_converter(name: str) -> Any:
+    """TransformerLens' ``convert_*_weights`` function called ``name`` (3.x layout, or the
+    per-architecture modules of 2.x)."""
+    import importlib
+
+    for module in (
+        "transformer_lens.pretrained.weight_conversions",
+        f"transformer_lens.pretrained.weight_conversions.{name[len('convert_') : -len('_weights')]}",
+    ):
         try:
-            from transformer_lens.pretrained.weight_conversions.llama import (
-                convert_llama_weights,
-            )
-        except ImportError as err:
-            raise ImportError(
-                f"transformer_lens {_installed_transformer_lens_version()} has HookedTransformer "
-                "but no convert_llama_weights; install transformer-lens 3.x (>=3.9,<4)"
-            ) from err
-    return HookedTransformer, HookedTransformerConfig, convert_llama_weights
+            return getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError):
+            continue
+    raise ImportError(
+        f"transformer_lens {_installed_transformer_lens_version()} has HookedTransformer but no "
+        f"{name}; install transformer-lens 3.x (>=3.9,<4)"
+    )
 
 
 def is_hooked_transformer(model: Any) -> bool:
@@ -116,41 +127,6 @@ def is_hooked_transformer(model: Any) -> bool:
 # --------------------------------------------------------------------------- config
 
 
-def _rope_settings(hf_config: Any) -> dict[str, Any]:
-    """Rotary base and scaling fields for HookedTransformerConfig, from either config layout.
-
-    transformers < 5 keeps ``rope_theta`` and ``rope_scaling`` at the top level; transformers 5
-    moves both into ``rope_parameters`` (``{"rope_type": ..., "rope_theta": ..., ...}``).
-    """
-    params = getattr(hf_config, "rope_parameters", None)
-    params = dict(params) if isinstance(params, dict) else {}
-    scaling = getattr(hf_config, "rope_scaling", None)
-    if isinstance(scaling, dict):
-        params = {**scaling, **params}
-    theta = getattr(hf_config, "rope_theta", None)
-    if theta is None:
-        theta = params.get("rope_theta", 10000.0)
-    out: dict[str, Any] = {"rotary_base": float(theta)}
-    rope_type = str(params.get("rope_type") or params.get("type") or "default").lower()
-    if rope_type == "llama3":
-        out.update(
-            use_NTK_by_parts_rope=True,
-            NTK_original_ctx_len=int(
-                params.get("original_max_position_embeddings", hf_config.max_position_embeddings)
-            ),
-            NTK_by_parts_low_freq_factor=float(params.get("low_freq_factor", 1.0)),
-            NTK_by_parts_high_freq_factor=float(params.get("high_freq_factor", 4.0)),
-            NTK_by_parts_factor=float(params.get("factor", 8.0)),
-        )
-    elif rope_type != "default":
-        raise NotImplementedError(
-            f"rope_type {rope_type!r} in {type(hf_config).__name__} is not supported by "
-            "hooked_transformer_from_hf (only 'default' and 'llama3'); use the TransformerBridge "
-            "backend for this model"
-        )
-    return out
-
-
 def hooked_config_from_hf(
     hf_config: Any,
     *,
@@ -162,77 +138,62 @@ def hooked_config_from_hf(
     dtype: torch.dtype = torch.float32,
     model_name: str | None = None,
 ) -> HookedTransformerConfig:
-    """A ``HookedTransformerConfig`` for a Hugging Face ``LlamaConfig`` (no network, no registry).
+    """A ``HookedTransformerConfig`` for a Hugging Face config (no network, no registry).
+
+    The architecture-specific fields come from :mod:`semhooks.backend.hooked_configs`
+    (keyed by ``hf_config.model_type``); this adds the shared ones.
 
     Args:
-        hf_config: the Hugging Face model's config (``model_type == "llama"``).
+        hf_config: the Hugging Face model's config (a ``model_type`` in
+            ``semhooks.backend.hooked_configs.HOOKED_ARCHS``).
         n_ctx: context window of the HookedTransformer; default
             ``min(max_position_embeddings, DEFAULT_MAX_N_CTX)``.
         default_prepend_bos: TransformerLens' convention (``True``): ``to_tokens`` and string
             inputs get the tokenizer's BOS prepended.
-        fold_ln: whether the norms will be folded (the config then uses ``"RMSPre"``).
+        fold_ln: whether the norms will be folded (the config then uses ``"LNPre"`` /
+            ``"RMSPre"``).
         device, dtype: where and in which dtype the HookedTransformer's weights live.
         model_name: ``cfg.model_name``; default the config's ``_name_or_path`` basename.
 
     Raises:
-        ValueError: the config is not a plain Llama decoder (other ``model_type``, biases,
-            an activation other than SiLU, inconsistent head sizes).
+        ValueError: an architecture TransformerLens 3.x does not run as a HookedTransformer
+            (the message says why), or a variant its weight conversion would get wrong
+            (biases it drops, another activation, inconsistent head sizes).
         NotImplementedError: a rotary scaling type other than default or llama3.
     """
-    _, HookedTransformerConfig, _ = _import_hooked()
+    _, HookedTransformerConfig = _import_hooked()
+    from semhooks.backend.hooked_configs import hooked_arch
+
     c = hf_config
-    model_type = getattr(c, "model_type", None)
-    if model_type != "llama":
-        raise ValueError(
-            f"hooked_transformer_from_hf supports Llama-architecture models only "
-            f"(config.model_type == 'llama'), got model_type={model_type!r}; use the "
-            "TransformerBridge backend for other architectures"
-        )
-    if getattr(c, "attention_bias", False) or getattr(c, "mlp_bias", False):
-        raise ValueError(
-            "this Llama config has attention_bias/mlp_bias=True, which TransformerLens' Llama "
-            "weight conversion drops; use the TransformerBridge backend for this model"
-        )
-    act = str(getattr(c, "hidden_act", "silu"))
-    if act not in ("silu", "swish"):
-        raise ValueError(f"expected hidden_act 'silu' for a Llama model, got {act!r}")
-    n_heads = int(c.num_attention_heads)
-    d_head = int(getattr(c, "head_dim", None) or c.hidden_size // n_heads)
-    n_kv = int(getattr(c, "num_key_value_heads", None) or n_heads)
-    if n_heads % n_kv:
-        raise ValueError(
-            f"num_attention_heads={n_heads} is not a multiple of num_key_value_heads={n_kv}"
-        )
-    max_pos = int(getattr(c, "max_position_embeddings", DEFAULT_MAX_N_CTX))
+    arch = hooked_arch(c)
+    fields = arch.fields(c)
+    max_pos = int(
+        getattr(c, "max_position_embeddings", None)
+        or getattr(c, "n_positions", None)
+        or DEFAULT_MAX_N_CTX
+    )
     if n_ctx is None:
         n_ctx = min(max_pos, DEFAULT_MAX_N_CTX)
     if n_ctx < 1:
         raise ValueError(f"n_ctx must be positive, got {n_ctx}")
-    name = model_name or str(getattr(c, "_name_or_path", "") or "llama").rstrip("/")
-    name = name.split("/")[-1] or "llama"
+    if fields.get("positional_embedding_type") == "standard" and n_ctx > max_pos:
+        raise ValueError(
+            f"n_ctx={n_ctx} exceeds the {max_pos} learned positions of this {c.model_type} model"
+        )
+    if fold_ln and fields.get("normalization_type") in ("LN", "RMS"):
+        fields["normalization_type"] += "Pre"
+    default = str(getattr(c, "model_type", "") or "model")
+    name = model_name or str(getattr(c, "_name_or_path", "") or default).rstrip("/")
+    name = name.split("/")[-1] or default
 
     return HookedTransformerConfig(
         model_name=name,
-        original_architecture="LlamaForCausalLM",
-        n_layers=int(c.num_hidden_layers),
-        d_model=int(c.hidden_size),
-        n_heads=n_heads,
-        d_head=d_head,
-        # TransformerLens uses grouped-query attention iff n_key_value_heads is not None.
-        n_key_value_heads=n_kv if n_kv != n_heads else None,
-        d_mlp=int(c.intermediate_size),
+        original_architecture=arch.hf_class,
+        n_layers=int(getattr(c, "num_hidden_layers", None) or c.n_layer),
         d_vocab=int(c.vocab_size),
         d_vocab_out=int(c.vocab_size),
         n_ctx=int(n_ctx),
-        eps=float(c.rms_norm_eps),
-        act_fn="silu",
-        gated_mlp=True,
-        normalization_type="RMSPre" if fold_ln else "RMS",
-        final_rms=True,
-        positional_embedding_type="rotary",
-        rotary_dim=d_head,
-        rotary_adjacent_pairs=False,  # HF Llama rotates halves, not adjacent pairs
-        **_rope_settings(c),
+        **fields,
         default_prepend_bos=default_prepend_bos,
         init_weights=False,
         device=str(device),
@@ -306,12 +267,16 @@ def hooked_transformer_from_hf(
     n_devices: int = 1,
     dtype: torch.dtype = torch.float32,
 ) -> HookedTransformer:
-    """A TransformerLens 3.x ``HookedTransformer`` with the weights of a HF Llama model in hand.
+    """A TransformerLens 3.x ``HookedTransformer`` with the weights of a HF model in hand.
 
     Nothing is downloaded and no model registry is consulted: the config is read off
     ``hf_model.config`` (see :func:`hooked_config_from_hf`) and the weights are converted with
-    TransformerLens' ``convert_llama_weights`` (``W_Q: [n_heads, d_model, d_head]``,
+    TransformerLens' own conversion for the architecture (``convert_llama_weights``,
+    ``convert_gpt2_weights``, ...: ``W_Q: [n_heads, d_model, d_head]``,
     ``W_U = lm_head.weight.T: [d_model, d_vocab]``; tied embeddings become two copies).
+    Every converted tensor must land on a parameter of the HookedTransformer and every
+    parameter but zero-filled biases must be converted, else ``ValueError`` (TransformerLens
+    itself would drop or fill them silently).
 
     With the defaults (no processing), for token ids ``x``::
 
@@ -322,11 +287,13 @@ def hooked_transformer_from_hf(
                                                         the final norm (HF's hidden_states[L] is
                                                         after it)
 
-    up to float32 rounding (see ``tests/test_hooked_backend.py`` for measured differences).
+    up to float32 rounding (``tests/test_hooked_backend.py`` for Llama,
+    ``tests/test_conformance.py`` for every architecture).
 
     Args:
-        hf_model: a loaded ``LlamaForCausalLM`` (float weights; dequantized GGUF is fine,
-            bitsandbytes-quantized weights are refused).
+        hf_model: a loaded Hugging Face causal LM of an architecture in
+            ``semhooks.backend.hooked_configs.HOOKED_ARCHS`` (float weights; dequantized GGUF
+            is fine, bitsandbytes-quantized weights are refused).
         tokenizer: its Hugging Face tokenizer. Used as given (not re-loaded by name); copied
             if a pad token (set to eos) or a padding side has to be set.
         fold_ln, center_writing_weights, center_unembed, fold_value_biases: TransformerLens'
@@ -345,13 +312,16 @@ def hooked_transformer_from_hf(
 
     Raises:
         ImportError: the installed TransformerLens has no ``HookedTransformer`` (4.x).
-        ValueError: not a Llama model, quantized weights, or an unusable tokenizer.
+        ValueError: an architecture TransformerLens 3.x does not run as a HookedTransformer
+            (the message names it and says why), quantized weights, weights the conversion
+            does not account for, or an unusable tokenizer.
     """
-    HookedTransformer, _, convert_llama_weights = _import_hooked()
+    HookedTransformer, _ = _import_hooked()
     config = getattr(hf_model, "config", None)
-    if config is None or not hasattr(hf_model, "lm_head"):
+    head = getattr(hf_model, "get_output_embeddings", lambda: None)()
+    if config is None or head is None:
         raise ValueError(
-            f"hf_model must be a Hugging Face causal LM with .config and .lm_head "
+            f"hf_model must be a Hugging Face causal LM with .config and an output embedding "
             f"(e.g. LlamaForCausalLM), got {type(hf_model).__name__}"
         )
     non_float = sorted(
@@ -363,6 +333,9 @@ def hooked_transformer_from_hf(
             "dequantized (e.g. from_pretrained without a bitsandbytes quantization_config)"
         )
     check_n_devices(n_devices, device)
+    from semhooks.backend.hooked_configs import hooked_arch
+
+    arch = hooked_arch(config)
     cfg = hooked_config_from_hf(
         config,
         n_ctx=n_ctx,
@@ -372,12 +345,7 @@ def hooked_transformer_from_hf(
         n_devices=n_devices,
         dtype=dtype,
     )
-    q_rows = hf_model.model.layers[0].self_attn.q_proj.weight.shape[0]
-    if q_rows != cfg.n_heads * cfg.d_head:
-        raise ValueError(
-            f"q_proj has {q_rows} output rows but the config says n_heads * head_dim = "
-            f"{cfg.n_heads} * {cfg.d_head}; the config does not describe these weights"
-        )
+    convert = _weight_converter(arch.converter)
 
     with warnings.catch_warnings():
         # TL 3.x warns on every construction that HookedTransformer is deprecated in favour
@@ -387,7 +355,11 @@ def hooked_transformer_from_hf(
     _attach_tokenizer(model, tokenizer, default_padding_side)
 
     with torch.no_grad():
-        state_dict = convert_llama_weights(hf_model, cfg)
+        state_dict = convert(hf_model, cfg)
+        pos = state_dict.get("pos_embed.W_pos")
+        if pos is not None and pos.shape[0] > cfg.n_ctx:  # learned positions beyond n_ctx
+            state_dict["pos_embed.W_pos"] = pos[: cfg.n_ctx]
+        _check_converted(model, state_dict, config.model_type)
         # Detached copies in the target dtype/device: load_state_dict copies anyway, and the
         # HF parameters (and their autograd graph) must not be shared with the new model.
         state_dict = {
@@ -405,5 +377,30 @@ def hooked_transformer_from_hf(
     processed = fold_ln or center_writing_weights or center_unembed or fold_value_biases
     from semhooks.backend.state import model_state
 
-    model_state(model).weights_processed = bool(processed)
+    state = model_state(model)
+    state.weights_processed = bool(processed)
+    state.model_type = str(config.model_type)
     return model
+
+
+def _check_converted(model: Any, state_dict: dict[str, Any], model_type: str) -> None:
+    """Refuse a conversion that leaves a weight out or converts one the model lacks.
+
+    ``load_and_process_state_dict`` loads key by key with ``strict=False`` (an unknown key
+    is dropped) after filling missing keys from the fresh model (biases with zeros, other
+    weights with whatever the uninitialised model holds): both would be silent errors.
+    """
+    params = dict(model.named_parameters())
+    unexpected = sorted(k for k in state_dict if k not in params)
+    missing = sorted(
+        k
+        for k in params
+        if k not in state_dict and not k.rsplit(".", 1)[-1].lstrip("_").startswith("b")
+    )
+    if unexpected or missing:
+        raise ValueError(
+            f"TransformerLens' weight conversion for model_type={model_type!r} does not match "
+            f"the HookedTransformer built for it: converted weights the model lacks "
+            f"{unexpected[:4]}, weights not converted {missing[:4]}; use the TransformerBridge "
+            "backend for this model"
+        )

@@ -53,8 +53,16 @@ def check_dtype(adapter: Any) -> None:
 
 
 def output_transform(model: Any, logits: Tensor) -> Tensor:
-    """The bridge's post-unembedding transform: Gemma 2's ``cap * tanh(logits / cap)``,
-    Cohere's logit scale (identity where the architecture has none, and on a
-    HookedTransformer). Without it the readout of a soft-capped model is not its logits."""
+    """The post-unembedding transform: Gemma 2's ``cap * tanh(logits / cap)`` (the bridge's
+    own transform, or a HookedTransformer's ``cfg.output_logits_soft_cap``), Cohere's logit
+    scale (identity where the architecture has none). Without it the readout of a
+    soft-capped model is not its logits."""
     transform = getattr(getattr(model, "adapter", None), "apply_output_logits_transform", None)
-    return transform(logits) if callable(transform) else logits
+    if callable(transform):
+        return transform(logits)  # type: ignore[no-any-return]
+    from semhooks.backend.hooked import is_hooked_transformer
+
+    cap = getattr(getattr(model, "cfg", None), "output_logits_soft_cap", None)
+    if is_hooked_transformer(model) and isinstance(cap, (int, float)) and cap > 0:
+        return cap * torch.tanh(logits / cap)
+    return logits

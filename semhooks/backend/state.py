@@ -26,7 +26,9 @@ class ModelState:
     :func:`~semhooks.hooked_transformer_from_hf` (``None``: not known). ``baseline_hooks``: the
     hooks the model carried when semhooks first adapted it. ``prefix_cache_verified`` /
     ``prefix_cache_error``: whether the KV-prefix-cached forward was checked equal to the
-    full one, and the relative error found (``None``: not checked yet).
+    full one, and the relative error found (``None``: not checked yet). ``model_type``: the
+    Hugging Face ``model_type`` a HookedTransformer was converted from (set by
+    :func:`~semhooks.hooked_transformer_from_hf`; ``None``: not known).
     """
 
     name: str | None = None
@@ -34,6 +36,7 @@ class ModelState:
     baseline_hooks: int | None = None
     prefix_cache_verified: bool | None = None
     prefix_cache_error: float | None = None
+    model_type: str | None = None
 
 
 _STATES: weakref.WeakKeyDictionary[Any, ModelState] = weakref.WeakKeyDictionary()
