@@ -383,19 +383,29 @@ def hooked_transformer_from_hf(
     return model
 
 
+def _is_bias(name: str) -> bool:
+    return name.rsplit(".", 1)[-1].lstrip("_").startswith("b")
+
+
 def _check_converted(model: Any, state_dict: dict[str, Any], model_type: str) -> None:
     """Refuse a conversion that leaves a weight out or converts one the model lacks.
 
     ``load_and_process_state_dict`` loads key by key with ``strict=False`` (an unknown key
     is dropped) after filling missing keys from the fresh model (biases with zeros, other
     weights with whatever the uninitialised model holds): both would be silent errors.
+    Allowed: a missing bias (TransformerLens fills zeros), an all-zero bias the model lacks
+    (e.g. LayerNorm biases written for an RMSNorm model), and the unused ``W_pos`` of a
+    rotary or ALiBi model.
     """
     params = dict(model.named_parameters())
-    unexpected = sorted(k for k in state_dict if k not in params)
-    missing = sorted(
+    unexpected = sorted(
         k
-        for k in params
-        if k not in state_dict and not k.rsplit(".", 1)[-1].lstrip("_").startswith("b")
+        for k, v in state_dict.items()
+        if k not in params and not (_is_bias(k) and not bool(torch.count_nonzero(v)))
+    )
+    unused = set() if model.cfg.positional_embedding_type == "standard" else {"pos_embed.W_pos"}
+    missing = sorted(
+        k for k in params if k not in state_dict and not _is_bias(k) and k not in unused
     )
     if unexpected or missing:
         raise ValueError(
@@ -404,3 +414,7 @@ def _check_converted(model: Any, state_dict: dict[str, Any], model_type: str) ->
             f"{unexpected[:4]}, weights not converted {missing[:4]}; use the TransformerBridge "
             "backend for this model"
         )
+    for k in [k for k in state_dict if k not in params]:
+        del state_dict[k]
+    for k in unused & set(params) - set(state_dict):  # zeros, not an uninitialised tensor
+        state_dict[k] = torch.zeros_like(params[k])

@@ -292,6 +292,7 @@ def _olmo(c: Any) -> dict[str, Any]:
         "act_fn": _act(c, ("silu", "swish"), "hidden_act"),
         # OLMo-1's LayerNorm has no parameters: convert_olmo_weights writes ones and zeros.
         "normalization_type": "LN",
+        "final_rms": False,
         "eps": 1e-5,
         "clip_qkv": getattr(c, "clip_qkv", None),
     }
