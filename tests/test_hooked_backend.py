@@ -410,3 +410,39 @@ def test_missing_hooked_transformer_points_to_make_tl3(monkeypatch: pytest.Monke
         monkeypatch.setitem(sys.modules, "transformer_lens.HookedTransformer", None)
     with pytest.raises(ImportError, match=r"`make tl3` builds a separate environment \.venv-tl3"):
         hooked_transformer_from_hf(types.SimpleNamespace(), None)
+
+
+@needs_hooked
+def test_processing_on_a_layernorm_model_keeps_log_probs() -> None:
+    """GPT-2 (LayerNorm, biases, learned positions) with every TransformerLens processing on:
+    log-probabilities still equal the Hugging Face model's (fold_ln folds the converted
+    norm weights instead of the conversion check refusing them)."""
+    from semhooks.testing import tiny_hf_model
+
+    hf, tok = tiny_hf_model("gpt2", n_layers=2, d_model=32)
+    model = hooked_transformer_from_hf(
+        hf, tok, fold_ln=True, center_writing_weights=True, center_unembed=True
+    )
+    assert model.cfg.normalization_type == "LNPre" and adapt(model).weights_processed
+    ids = tok("The capital of France is Paris", return_tensors="pt").input_ids
+    with torch.no_grad():
+        got = model(ids).log_softmax(-1)
+        want = hf(ids).logits.log_softmax(-1)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+@needs_hooked
+def test_a_conversion_that_does_not_fit_the_model_is_refused(monkeypatch) -> None:
+    """A weight conversion whose keys do not match the HookedTransformer (here OLMo's, which
+    has no grouped KV heads, on a grouped-KV Llama) raises instead of TransformerLens
+    dropping the unknown weights and leaving uninitialised ones in their place."""
+    import dataclasses
+
+    from semhooks.backend import hooked_configs
+
+    llama = hooked_configs.HOOKED_ARCHS["llama"]
+    wrong = dataclasses.replace(llama, converter="convert_olmo_weights")
+    monkeypatch.setitem(hooked_configs.HOOKED_ARCHS, "llama", wrong)
+    hf, tok = tiny_hf_llama(n_kv=2)
+    with pytest.raises(ValueError, match=r"model_type='llama' does not match .*_W_K"):
+        hooked_transformer_from_hf(hf, tok)

@@ -359,7 +359,7 @@ def hooked_transformer_from_hf(
         pos = state_dict.get("pos_embed.W_pos")
         if pos is not None and pos.shape[0] > cfg.n_ctx:  # learned positions beyond n_ctx
             state_dict["pos_embed.W_pos"] = pos[: cfg.n_ctx]
-        _check_converted(model, state_dict, config.model_type)
+        _check_converted(model, state_dict, config.model_type, folded=fold_ln)
         # Detached copies in the target dtype/device: load_state_dict copies anyway, and the
         # HF parameters (and their autograd graph) must not be shared with the new model.
         state_dict = {
@@ -387,21 +387,30 @@ def _is_bias(name: str) -> bool:
     return name.rsplit(".", 1)[-1].lstrip("_").startswith("b")
 
 
-def _check_converted(model: Any, state_dict: dict[str, Any], model_type: str) -> None:
+def _check_converted(
+    model: Any, state_dict: dict[str, Any], model_type: str, *, folded: bool = False
+) -> None:
     """Refuse a conversion that leaves a weight out or converts one the model lacks.
 
     ``load_and_process_state_dict`` loads key by key with ``strict=False`` (an unknown key
     is dropped) after filling missing keys from the fresh model (biases with zeros, other
     weights with whatever the uninitialised model holds): both would be silent errors.
     Allowed: a missing bias (TransformerLens fills zeros), an all-zero bias the model lacks
-    (e.g. LayerNorm biases written for an RMSNorm model), and the unused ``W_pos`` of a
-    rotary or ALiBi model.
+    (e.g. LayerNorm biases written for an RMSNorm model), the unused ``W_pos`` of a
+    rotary or ALiBi model, and (``folded``) the norm weights that ``fold_ln`` folds into the
+    next layers (kept for it).
     """
     params = dict(model.named_parameters())
+
+    def folds(k: str) -> bool:
+        return folded and k.rsplit(".", 2)[-2].startswith("ln") and k[-2:] in (".w", ".b")
+
     unexpected = sorted(
         k
         for k, v in state_dict.items()
-        if k not in params and not (_is_bias(k) and not bool(torch.count_nonzero(v)))
+        if k not in params
+        and not folds(k)
+        and not (_is_bias(k) and not bool(torch.count_nonzero(v)))
     )
     unused = set() if model.cfg.positional_embedding_type == "standard" else {"pos_embed.W_pos"}
     missing = sorted(
@@ -414,7 +423,7 @@ def _check_converted(model: Any, state_dict: dict[str, Any], model_type: str) ->
             f"{unexpected[:4]}, weights not converted {missing[:4]}; use the TransformerBridge "
             "backend for this model"
         )
-    for k in [k for k in state_dict if k not in params]:
+    for k in [k for k in state_dict if k not in params and not folds(k)]:
         del state_dict[k]
     for k in unused & set(params) - set(state_dict):  # zeros, not an uninitialised tensor
         state_dict[k] = torch.zeros_like(params[k])
