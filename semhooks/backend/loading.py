@@ -186,9 +186,10 @@ def load_model(
     - any other string: ``TransformerBridge.boot_transformers(name)`` (needs the hub or its cache).
     - a TransformerBridge or HookedTransformer: returned as is (put in eval mode).
 
-    ``backend="hooked"`` builds a TransformerLens 3.x HookedTransformer instead (Llama
-    architectures; needs transformer-lens 3.x). Extra keyword arguments (``dtype``...) go to
-    ``boot_transformers``.
+    ``backend="hooked"`` builds a TransformerLens 3.x HookedTransformer instead (the
+    architectures :func:`~semhooks.backend.hooked.hooked_transformer_from_hf` supports: Llama,
+    GPT-2, Mistral, Gemma...; needs transformer-lens 3.x). Extra keyword arguments
+    (``dtype``...) go to ``boot_transformers``.
 
     Models larger than one device: ``device_map`` (Hugging Face style: ``"auto"``,
     ``"balanced"``, a dict of module -> device), ``max_memory`` and ``n_devices`` (split over
