@@ -446,3 +446,20 @@ def test_a_conversion_that_does_not_fit_the_model_is_refused(monkeypatch) -> Non
     hf, tok = tiny_hf_llama(n_kv=2)
     with pytest.raises(ValueError, match=r"model_type='llama' does not match .*_W_K"):
         hooked_transformer_from_hf(hf, tok)
+
+
+def test_configs_that_hooked_transformer_cannot_run_are_refused_by_name() -> None:
+    """The per-architecture mapping (TransformerLens-free, so it runs under 4.x too) refuses
+    variants TransformerLens 3.x's conversions would get wrong, naming the model type."""
+    from transformers import OlmoConfig, OPTConfig, Qwen2MoeConfig
+
+    from semhooks.backend.hooked_configs import hooked_arch
+
+    cases = [
+        (OlmoConfig(num_attention_heads=4, num_key_value_heads=2), "'olmo'.*grouped KV"),
+        (OPTConfig(do_layer_norm_before=False), "'opt'.*post-LN"),
+        (Qwen2MoeConfig(), "'qwen2_moe'.*no HookedTransformer conversion"),
+    ]
+    for config, match in cases:
+        with pytest.raises(ValueError, match=f"cannot build model_type={match}"):
+            hooked_arch(config).fields(config)
