@@ -100,6 +100,7 @@ from relations import DEFAULT_ACCURACY_RELATIONS, randomized_fits, valid_prompts
 
 from semhooks import load_model  # noqa: E402
 from semhooks.backend.adapter import SMOLLM2_GGUF, adapt, cache_dir, dequantised_dir  # noqa: E402
+from semhooks.backend.kv import hf_config  # noqa: E402
 from semhooks.relations.jacobian import mean_jacobian  # noqa: E402
 from semhooks.relations.lrc import LRC  # noqa: E402
 from semhooks.relations.prompts import (  # noqa: E402
@@ -137,8 +138,7 @@ def versions() -> dict[str, str]:
 # ---------------------------------------------------------------------- the peer's model
 def dequantised_folder(model: Any) -> Path:
     """The folder semhooks loaded (or just wrote) SmolLM2's float weights from."""
-    hf = getattr(model, "original_model", None)
-    loaded = Path(str(getattr(getattr(hf, "config", None), "_name_or_path", "")))
+    loaded = Path(str(getattr(hf_config(model), "_name_or_path", "")))
     if (loaded / "model.safetensors").is_file():
         return loaded
     # a cold cache: the bridge was built from the GGUF, and the float weights written here
@@ -157,7 +157,7 @@ def load_peer_model(model: Any) -> tuple[Any, Any, Path]:
     """A fresh HF model + tokenizer for the peer, on the same weights and token ids."""
     folder = dequantised_folder(model)
     adapter = adapt(model)
-    attn = getattr(model.original_model.config, "_attn_implementation", None) or "eager"
+    attn = getattr(hf_config(model), "_attn_implementation", None) or "eager"
     tok = transformers.AutoTokenizer.from_pretrained(folder, add_bos_token=adapter.prepend_bos)
     hf = transformers.AutoModelForCausalLM.from_pretrained(
         folder, dtype=torch.float32, attn_implementation=attn

@@ -174,12 +174,16 @@ def test_the_semhooks_package_never_imports_recipes():
     assert not bad, bad
 
 
-# Data flows backend -> vocabulary -> extraction -> estimators -> studies / relations: a wing
-# never imports a higher one (function-level imports count too).
+# Data flows data / backend -> vocabulary -> extraction -> interventions / estimators / sae ->
+# studies / relations: a wing never imports a higher one (function-level imports count too).
+_ABOVE_EXTRACTION = ("estimators", "interventions", "sae", "studies", "relations")
 WING_ORDER = {
-    "semhooks.backend": ("extraction", "estimators", "studies", "relations", "vocabulary"),
-    "semhooks.vocabulary": ("extraction", "estimators", "studies", "relations"),
-    "semhooks.estimators": ("studies", "relations"),
+    "semhooks.data": ("backend", "vocabulary", "extraction", *_ABOVE_EXTRACTION),
+    "semhooks.backend": ("vocabulary", "extraction", *_ABOVE_EXTRACTION),
+    "semhooks.vocabulary": ("extraction", *_ABOVE_EXTRACTION),
+    "semhooks.extraction": _ABOVE_EXTRACTION,
+    "semhooks.interventions": ("estimators", "sae", "studies", "relations"),
+    "semhooks.estimators": ("interventions", "sae", "studies", "relations"),
 }
 
 
@@ -200,15 +204,35 @@ def test_a_wing_never_imports_a_higher_one(low):
     assert not bad, "\n".join(bad)
 
 
-def test_the_wing_check_sees_a_planted_upward_import(tmp_path, monkeypatch):
-    planted = tmp_path / "semhooks" / "estimators" / "planted.py"
+@pytest.mark.parametrize(
+    ("low", "source", "found"),
+    [
+        (
+            "semhooks.estimators",
+            "def f():\n    from semhooks.studies.vocab import vocab_lens\n",
+            "semhooks.studies.vocab",
+        ),
+        # the shape the distributed LRE helpers once had: extraction reaching up to relations
+        (
+            "semhooks.extraction",
+            "def f():\n    from semhooks.relations.jacobian import mean_jacobian\n",
+            "semhooks.relations.jacobian",
+        ),
+        (
+            "semhooks.extraction",
+            "def f():\n    from semhooks.relations import checks\n",
+            "semhooks.relations",
+        ),
+    ],
+)
+def test_the_wing_check_sees_a_planted_upward_import(tmp_path, monkeypatch, low, source, found):
+    wing = low.rpartition(".")[2]
+    planted = tmp_path / "semhooks" / wing / "planted.py"
     planted.parent.mkdir(parents=True)
-    planted.write_text("def f():\n    from semhooks.studies.vocab import vocab_lens\n")
+    planted.write_text(source)
     monkeypatch.setattr(f"{__name__}.PACKAGE", tmp_path / "semhooks")
-    monkeypatch.setattr(f"{__name__}.MODULES", {"semhooks.estimators.planted": planted})
-    assert _wing_violations("semhooks.estimators", ("studies",)) == [
-        "semhooks.estimators.planted:2 imports semhooks.studies.vocab"
-    ]
+    monkeypatch.setattr(f"{__name__}.MODULES", {f"{low}.planted": planted})
+    assert _wing_violations(low, WING_ORDER[low]) == [f"{low}.planted:2 imports {found}"]
 
 
 @pytest.mark.parametrize("name", sorted(MODULES))

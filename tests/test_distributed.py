@@ -24,6 +24,7 @@ from semhooks.extraction.distributed import (
     merge_shards,
     shard_plan,
 )
+from semhooks.relations import distributed as lre_dist
 
 TEXTS = [
     f"{w} number {i} sits by the river{'.' * (i % 3)}"
@@ -227,11 +228,11 @@ def test_distributed_jacobians_and_lre_equal_single_process_in_a_world_of_one(ti
 
     prompts = _prompts()
     ref = mean_jacobian(tiny_llama, prompts, 0, 2, progress=False)
-    got = dist_mod.mean_jacobian_distributed(tiny_llama, prompts, 0, 2, progress=False)
+    got = lre_dist.mean_jacobian_distributed(tiny_llama, prompts, 0, 2, progress=False)
     for field in ("weight", "subject_states", "object_states", "js"):
         assert torch.equal(getattr(got, field), getattr(ref, field)), field
     single = LRE(0, 2, progress=False).fit(tiny_llama, prompts)
-    dp = dist_mod.fit_lre_distributed(LRE(0, 2, progress=False), tiny_llama, prompts)
+    dp = lre_dist.fit_lre_distributed(LRE(0, 2, progress=False), tiny_llama, prompts)
     a, b = _fitted(single), _fitted(dp)
     assert a.keys() == b.keys()  # fit_lre_distributed sets what LRE.fit sets
     for key in a:
@@ -239,11 +240,22 @@ def test_distributed_jacobians_and_lre_equal_single_process_in_a_world_of_one(ti
         assert same, key
     torch.testing.assert_close(dp.predict(ref.subject_states), single.predict(ref.subject_states))
     with pytest.raises(ValueError, match="method='exact'"):
-        dist_mod.fit_lre_distributed(
+        lre_dist.fit_lre_distributed(
             LRE(0, 2, method="randomized", rank=4, progress=False), tiny_llama, prompts
         )
     with pytest.raises(DistributedError, match="no prompts"):
-        dist_mod.mean_jacobian_distributed(tiny_llama, [], 0, 2)
+        lre_dist.mean_jacobian_distributed(tiny_llama, [], 0, 2)
+
+
+def test_the_lre_helpers_moved_up_to_relations_and_the_old_names_still_resolve():
+    # extraction sits below relations: the helpers live in semhooks.relations.distributed;
+    # the old path gives the same functions, with a DeprecationWarning
+    for name in ("mean_jacobian_distributed", "fit_lre_distributed"):
+        assert name not in dist_mod.__all__ and name in lre_dist.__all__
+        with pytest.warns(DeprecationWarning, match=f"relations.distributed.{name}"):
+            assert getattr(dist_mod, name) is getattr(lre_dist, name)
+    with pytest.raises(AttributeError, match="no_such_name"):
+        dist_mod.no_such_name  # noqa: B018
 
 
 # ---------------------------------------------------------------------- real processes
@@ -262,7 +274,7 @@ _WORKER = textwrap.dedent(
         factory, texts, out, tokens="all", pool="mean", shard_size=4, progress=False
     )
     info = launch_info()
-    from semhooks.extraction.distributed import fit_lre_distributed
+    from semhooks.relations.distributed import fit_lre_distributed
     from semhooks.relations.lre import LRE
     from semhooks.relations.prompts import RelationPrompt
 

@@ -160,3 +160,42 @@ def test_logit_positions_equal_the_full_logits_and_leave_the_reads_unchanged(tin
     with pytest.raises(ValueError, match="logit_positions"):
         read(a, batch, sites, grad=True, logit_positions=positions)
     assert leaked_hooks(tiny_llama) == 0
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_a_suffix_read_on_a_cached_prefix_equals_the_full_pass(any_backend_llama, grad):
+    """``read(cache=...)``: the prefix fills a KV cache (nothing kept), the suffix runs on a
+    copy of it; the suffix's states equal the same positions of one full pass, and an edit
+    and autograd work on the suffix as on a full pass."""
+    a = adapt(any_backend_llama)
+    batch = a.tokenize(["The cat sat on the mat by the door."])
+    ids, cut = batch.input_ids, 4
+    sites = _all_sites(a)
+    full = read(a, batch, sites).values
+    cache = a.new_kv_cache()
+    kept = read(a, batch_from_ids(ids[:, :cut]), sites, lambda k, x: x[:, :0], cache=cache)
+    assert a.kv_cache_length(cache) == cut and all(v.numel() == 0 for v in kept.values.values())
+    leaf = torch.zeros(a.d_model, requires_grad=True)
+
+    def add(x, hook):
+        return x + leaf
+
+    edit = [(sites[0], add)]
+    for _ in range(2):  # the prefix is reused: each read runs on its own copy
+        suffix = batch_from_ids(ids[:, cut:])
+        out = read(a, suffix, sites, grad=grad, edits=edit, cache=a.copy_kv_cache(cache)).values
+        for layer in sites:
+            torch.testing.assert_close(
+                out[layer][0].detach(), full[layer][0, cut:], atol=1e-4, rtol=1e-4
+            )
+            assert out[layer].requires_grad == grad
+    assert a.kv_cache_length(cache) == cut
+    if grad:
+        out[a.n_layers - 1].sum().backward()
+        assert leaf.grad is not None and leaf.grad.abs().sum() > 0
+    two = a.tokenize(["The cat", "A dog"])
+    with pytest.raises(ValueError, match="one row without padding"):
+        read(a, two, sites, cache=a.new_kv_cache())
+    with pytest.raises(ValueError, match="logit_positions"):
+        read(a, batch, sites, logit_positions=[[0]], cache=a.new_kv_cache())
+    assert leaked_hooks(any_backend_llama) == 0

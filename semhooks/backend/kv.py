@@ -29,6 +29,7 @@ __all__ = [
     "copy_kv_cache",
     "forward_on_cache",
     "hf_cache_kwarg",
+    "hf_config",
     "kv_attention_modules",
     "kv_cache_length",
     "kv_cache_unsupported",

@@ -21,9 +21,10 @@ accelerate for CPU processes when CUDA is absent). Across machines, ``out_dir`` 
 storage every machine can write (or copy the shard files together and call
 :func:`merge_shards`).
 
-LRE fitting: :func:`mean_jacobian_distributed` spreads the prompts' Jacobians over the
-ranks and gathers them in prompt order (bit-identical to one process);
-:func:`fit_lre_distributed` fits an :class:`~semhooks.relations.lre.LRE` with it.
+LRE fitting across ranks lives a layer up, in :mod:`semhooks.relations.distributed`
+(``mean_jacobian_distributed``, ``fit_lre_distributed``), built on the process-group helpers
+here (:func:`distributed_state`, :func:`all_gather_object`, :func:`check_all_ranks`,
+:func:`resolve_model`); the old names here still resolve there, deprecated.
 """
 
 from __future__ import annotations
@@ -56,14 +57,21 @@ from semhooks.io.fingerprint import content_sha256, file_sha256
 __all__ = [
     "DistributedError",
     "all_gather_object",
+    "check_all_ranks",
     "distributed_state",
     "extract_states_distributed",
-    "fit_lre_distributed",
     "launch_info",
-    "mean_jacobian_distributed",
     "merge_shards",
+    "resolve_model",
     "shard_plan",
 ]
+
+# Moved up to semhooks.relations.distributed (extraction never imports relations): the old
+# names resolve there on first use, with a DeprecationWarning (see ``__getattr__``).
+_MOVED_UP = {
+    "fit_lre_distributed": "semhooks.relations.distributed",
+    "mean_jacobian_distributed": "semhooks.relations.distributed",
+}
 
 _RANK_MANIFEST = "manifest-rank{rank:05d}.json"
 
@@ -100,7 +108,7 @@ def all_gather_object(obj: Any, state: Any = None) -> list[Any]:
     return out
 
 
-def _check_all(error: str | None, state: Any, what: str) -> None:
+def check_all_ranks(error: str | None, state: Any, what: str) -> None:
     """Barrier that raises on every rank when any rank failed (no rank is left waiting)."""
     errors = all_gather_object(error, state)
     failed = {rank: err for rank, err in enumerate(errors) if err is not None}
@@ -122,7 +130,7 @@ def shard_plan(n_items: int, shard_size: int, world_size: int, rank: int) -> lis
     return list(range(rank, n_shards, world_size))
 
 
-def _resolve_model(model: Any, state: Any) -> Any:
+def resolve_model(model: Any, state: Any) -> Any:
     """A model for this rank: given as is, loaded by name, or built by a factory."""
     if isinstance(model, ModelAdapter) or (hasattr(model, "cfg") and hasattr(model, "hooks")):
         return model
@@ -287,7 +295,7 @@ def extract_states_distributed(
         if pool is None:
             raise ValueError("streaming to shards needs a pooling (pool=None keeps every token)")
         plan = plan_extraction(
-            _resolve_model(model, state),
+            resolve_model(model, state),
             texts,
             layers,
             site,
@@ -305,19 +313,19 @@ def extract_states_distributed(
         mine = shard_plan(len(plan.texts), shard_size, world, rank)
     except Exception:
         error = traceback.format_exc()
-    _check_all(error, state, "planning the extraction")
+    check_all_ranks(error, state, "planning the extraction")
     try:
         with folder_lock(folder, shared=True):
             _extract_rank_shards(plan, folder, config, mine, rank, world, progress)
     except Exception:
         error = traceback.format_exc()
-    _check_all(error, state, "extracting shards")
+    check_all_ranks(error, state, "extracting shards")
     if rank == 0:
         try:
             merge_shards(folder)
         except Exception:
             error = traceback.format_exc()
-    _check_all(error, state, "merging the rank manifests")
+    check_all_ranks(error, state, "merging the rank manifests")
     return ShardedStates.open(folder)
 
 
@@ -377,123 +385,18 @@ def launch_info(state: Any = None) -> dict[str, Any]:
     }
 
 
-# ---------------------------------------------------------------------- LRE Jacobians
-def mean_jacobian_distributed(
-    model: Any,
-    prompts: Sequence[Any],
-    subject_layer: int,
-    object_layer: int,
-    *,
-    aggregation: str = "mean",
-    chunk_size: int | None = None,
-    prefix_cache: bool | str = "auto",
-    progress: bool = True,
-    state: Any = None,
-) -> Any:
-    """:func:`~semhooks.relations.jacobian.mean_jacobian` with the prompts spread over ranks.
+def __getattr__(name: str) -> Any:
+    """The LRE helpers that moved up to :mod:`semhooks.relations.distributed` (deprecated
+    here; resolved by name at first use, so this module imports nothing from relations)."""
+    if name in _MOVED_UP:
+        import importlib
+        import warnings
 
-    ``W = mean_i J_i`` (Hernandez et al. 2023, Eq. 4): rank ``r`` computes ``J_i`` (``d``
-    VJPs each), ``s_i``, ``o_i`` and ``J_i s_i`` for prompts ``i = r, r + w, ...``; every
-    rank then gathers all of them and sums the ``J_i`` in prompt order, exactly as the
-    single-process function does, so the result is bit-identical to it (and identical on
-    every rank). Memory: the gather holds ``n_prompts x d x d`` float64 on each rank
-    (2.6 MB per prompt for ``d = 576``).
-
-    Args:
-        model: as :func:`extract_states_distributed` (a model, a name or a factory).
-        prompts: the same list of ``RelationPrompt`` on every rank.
-        Other arguments: as ``mean_jacobian``.
-
-    Returns:
-        A ``JacobianResult`` (``weight [d, d]`` float64, ``subject_states``,
-        ``object_states``, ``js`` ``[n, d]``) on every rank.
-    """
-    import time
-
-    from semhooks.backend.adapter import adapt
-    from semhooks.relations.jacobian import JacobianResult, mean_jacobian
-
-    state = distributed_state(state)
-    rank, world = int(state.process_index), int(state.num_processes)
-    prompts = list(prompts)
-    t0 = time.perf_counter()
-    error: str | None = None
-    parts: list[tuple[int, Any, Any, Any, Any, bool]] = []
-    try:
-        if not prompts:
-            raise ValueError("no prompts given (empty list)")
-        adapter = adapt(_resolve_model(model, state))
-        mine = range(rank, len(prompts), world)
-        for i in tqdm(mine, desc=f"jacobians (rank {rank}/{world})", disable=not progress):
-            res = mean_jacobian(
-                adapter,
-                [prompts[i]],
-                subject_layer,
-                object_layer,
-                aggregation=aggregation,  # type: ignore[arg-type]
-                chunk_size=chunk_size,
-                prefix_cache=prefix_cache,  # type: ignore[arg-type]
-                progress=False,
-            )
-            # one prompt: res.weight is J_i itself (0 + J_i, divided by 1)
-            parts.append(
-                (
-                    i,
-                    res.weight.cpu(),
-                    res.subject_states[0],
-                    res.object_states[0],
-                    res.js[0],
-                    res.prefix_cache,
-                )
-            )
-    except Exception:
-        error = traceback.format_exc()
-    _check_all(error, state, "computing Jacobians")
-    by_index = {p[0]: p for rank_parts in all_gather_object(parts, state) for p in rank_parts}
-    ordered = [by_index[i] for i in range(len(prompts))]
-    total = torch.zeros_like(ordered[0][1])
-    for part in ordered:
-        total += part[1]
-    return JacobianResult(
-        weight=total / len(ordered),
-        subject_states=torch.stack([p[2] for p in ordered]),
-        object_states=torch.stack([p[3] for p in ordered]),
-        js=torch.stack([p[4] for p in ordered]),
-        seconds=time.perf_counter() - t0,
-        method="exact",
-        prefix_cache=any(p[5] for p in ordered),
-    )
-
-
-def fit_lre_distributed(lre: Any, model: Any, prompts: Sequence[Any], state: Any = None) -> Any:
-    """``lre.fit(model, prompts)`` with the Jacobians computed across ranks.
-
-    Every rank gets the same fitted :class:`~semhooks.relations.lre.LRE`, bit-identical to
-    a single-process ``fit`` (``method="exact"`` only: the randomized sketch shares one
-    set of random probes across prompts and is not split here).
-    """
-    from semhooks.backend.adapter import adapt
-    from semhooks.relations.checks import check_prompts
-
-    if lre.method != "exact":
-        raise ValueError(
-            f"fit_lre_distributed supports method='exact'; got {lre.method!r} (the randomized "
-            "sketch couples prompts through shared random probes)"
+        warnings.warn(
+            f"semhooks.extraction.distributed.{name} moved to {_MOVED_UP[name]}.{name}; "
+            "import it from there. The old path will be removed in semhooks 0.3.",
+            DeprecationWarning,
+            stacklevel=2,
         )
-    state = distributed_state(state)
-    resolved = _resolve_model(model, state)
-    adapter = adapt(resolved)
-    lre.check_params(adapter)
-    prompts = check_prompts(prompts, "fit_lre_distributed")
-    res = mean_jacobian_distributed(
-        adapter,
-        prompts,
-        lre.subject_layer,
-        lre.object_layer,
-        aggregation=lre.object_aggregation,
-        chunk_size=lre.chunk_size,
-        prefix_cache=lre.prefix_cache,
-        progress=lre.progress,
-        state=state,
-    )
-    return lre.fit_from_jacobian(adapter, prompts, res, world_size=int(state.num_processes))
+        return getattr(importlib.import_module(_MOVED_UP[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

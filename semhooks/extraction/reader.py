@@ -1,11 +1,12 @@
 """The one activation reader: a batch through the model, chosen sites out, stop after the last.
 
 Every semhooks path that needs activations (``extract_states``, relation prompt states,
-emergence, calibration) reads them here:
+relation Jacobians, emergence, calibration, patching) reads them here:
 
 1. the batch is a :class:`~semhooks.backend.adapter.Tokenized` (built by the adapter's
    tokenizer, or by :func:`batch_from_ids` for token ids a caller already has), run with its
-   attention mask;
+   attention mask, or (one row) on top of a KV cache of the positions before it
+   (``cache=``: the Jacobian's prefix-cached suffix pass);
 2. one hook per requested site applies ``take(key, acts)`` inside the forward pass (select
    rows and positions, pool them), so only what was asked for leaves the pass;
 3. once every requested hook has fired, the last one raises
@@ -17,6 +18,7 @@ Hooks live only inside the adapter's ``hooks`` context, which removes them in ``
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -91,6 +93,7 @@ def read(
     logits: bool = False,
     edits: Sequence[tuple[str, HookFn]] = (),
     logit_positions: Sequence[Sequence[int]] | None = None,
+    cache: Any = None,
 ) -> Readout:
     """Run ``batch`` once and return ``take(key, acts)`` for every ``key -> hook name``.
 
@@ -111,12 +114,30 @@ def read(
             stops after the last block and only those positions are unembedded), in
             ``Readout.position_logits``. ``sites`` may then be empty. Not with ``grad`` or
             ``logits``.
+        cache: a KV cache (:meth:`~semhooks.backend.adapter.ModelAdapter.new_kv_cache`)
+            holding the positions before ``batch``, which must then be one row without
+            padding. The pass runs ``batch`` on top of it
+            (:meth:`~semhooks.backend.adapter.ModelAdapter.forward_on_cache`) and extends
+            the cache in place: pass ``adapter.copy_kv_cache(c)`` to reuse a prefix, or an
+            empty cache to fill it with ``batch``'s positions. ``take`` sees only ``batch``'s
+            positions (position 0 is the first one after the cache). Without ``grad`` the
+            pass runs under ``torch.no_grad`` (not inference mode: a cache filled here may
+            feed a later differentiable pass). Not with ``logit_positions``.
 
     Raises:
         RuntimeError naming the hooks that did not fire.
     """
     if logit_positions is not None and (grad or logits):
         raise ValueError("read(logit_positions=...) runs without autograd and full logits")
+    if cache is not None:
+        if logit_positions is not None:
+            raise ValueError("read(cache=...) does not take logit_positions")
+        if batch.input_ids.shape[0] != 1 or not bool(batch.attention_mask.bool().all()):
+            raise ValueError(
+                "read(cache=...) runs one row without padding on top of a KV cache; got "
+                f"{batch.input_ids.shape[0]} rows, {int((batch.attention_mask == 0).sum())} "
+                "padded positions"
+            )
     if not sites and logit_positions is None:
         raise ValueError("read() needs at least one site to read")
     by_name: dict[str, list[Any]] = {}
@@ -141,6 +162,9 @@ def read(
     if logit_positions is not None:
         out = None
         at = adapter.logits_at(batch, logit_positions, hooks)
+    elif cache is not None:
+        with contextlib.nullcontext() if grad else torch.no_grad():
+            out = adapter.forward_on_cache(batch.input_ids, cache, hooks)
     elif grad:
         out = adapter.run_differentiable(batch.input_ids, batch.attention_mask, hooks)
     else:

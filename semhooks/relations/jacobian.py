@@ -38,6 +38,7 @@ handful of tokens, and the batched products already vectorise the work.
 
 from __future__ import annotations
 
+import functools
 import time
 import warnings
 import weakref
@@ -50,7 +51,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from semhooks.backend.adapter import HookFn, ModelAdapter, StopForward, adapt
+from semhooks.backend.adapter import HookFn, ModelAdapter, adapt
 from semhooks.errors import FallbackWarning
 from semhooks.extraction.reader import batch_from_ids, read
 from semhooks.relations.prompts import RelationPrompt, encode_prompts
@@ -70,6 +71,11 @@ Aggregation = Literal["mean", "first"]
 # Relative error allowed between the KV-cached and the full forward's object state.
 CACHE_TOLERANCE = 1e-4
 _WARNED: weakref.WeakSet[Any] = weakref.WeakSet()  # models warned about
+
+
+def _nothing(key: Any, acts: Tensor) -> Tensor:
+    """A ``take`` that keeps nothing (a pass run only to fill a KV cache)."""
+    return acts[:, :0]
 
 
 def _warn_once(adapter: ModelAdapter, message: str) -> None:
@@ -200,13 +206,10 @@ class SubjectObjectMap:
         return out
 
     def _prefix(self, ids: Tensor) -> Any:
+        """The KV cache of ``ids`` (the positions before the subject), filled by the reader
+        without autograd and stopped after the object layer (nothing of it is kept)."""
         cache = self.adapter.new_kv_cache()
-
-        def stop(x: Tensor, hook: Any) -> None:
-            raise StopForward
-
-        with torch.no_grad():
-            self.adapter.forward_on_cache(ids, cache, [(self.o_hook, stop)])
+        read(self.adapter, batch_from_ids(ids), {"o": self.o_hook}, _nothing, cache=cache)
         return cache
 
     def _run(
@@ -240,22 +243,19 @@ class SubjectObjectMap:
             o = x[0, p_o]
             return o.mean(0) if self.aggregation == "mean" else o[0]
 
-        def take(x: Tensor, hook: Any) -> None:  # after ``put`` when both are one hook
-            found["o"] = aggregate("o", x)
-            raise StopForward
-
+        # The reader: grad follows the caller, the pass stops after the object layer; with a
+        # prefix cache only the suffix runs, on a copy of the cache (the prefix is reused).
         edits: list[tuple[str, HookFn]] = [(self.s_hook, put)]
-        if prep.cache is None:  # the reader: grad follows the caller, stops after the object
-            found["o"] = read(
-                adapter, batch_from_ids(ids), {"o": self.o_hook}, aggregate, grad=True, edits=edits
-            ).values["o"]
-        else:
-            hooks = [*edits, (self.o_hook, take)]
-            adapter.forward_on_cache(ids, adapter.copy_kv_cache(prep.cache), hooks)
-        if "o" not in found:  # pragma: no cover - a model whose hooks did not fire
-            raise RuntimeError(
-                f"hook {self.o_hook} did not fire on {adapter.name}; cannot read the object state"
-            )
+        cache = None if prep.cache is None else adapter.copy_kv_cache(prep.cache)
+        found["o"] = read(
+            adapter,
+            batch_from_ids(ids),
+            {"o": self.o_hook},
+            aggregate,
+            grad=True,
+            edits=edits,
+            cache=cache,
+        ).values["o"]
         return found["s"], found["o"]
 
     def states(self, prep: _Prepared) -> tuple[Float[Tensor, " d"], Float[Tensor, " d"]]:
@@ -454,29 +454,23 @@ def reference_jacobian(
     fmap = SubjectObjectMap(model, subject_layer, object_layer, aggregation, prefix_cache=False)
     prep = fmap.prepare([prompt])[0]
     s0, _ = fmap.states(prep)
-    ids = prep.input_ids.to(adapter.device)
-    mask = torch.ones_like(ids)
+    batch = batch_from_ids(prep.input_ids)
     p_s, p_o = prep.subject_pos, prep.object_pos
 
+    def put(x: Tensor, hook: Any, s: Tensor) -> Tensor:
+        x = x.clone()
+        x[0, p_s] = s.to(x.dtype)
+        return x
+
+    def take(key: Any, x: Tensor) -> Tensor:
+        o = x[0, p_o]
+        return o.mean(0) if aggregation == "mean" else o[0]
+
     def f(s: Tensor) -> Tensor:
-        found: dict[str, Tensor] = {}
-
-        def put(x: Tensor, hook: Any) -> Tensor:
-            x = x.clone()
-            x[0, p_s] = s.to(x.dtype)
-            if fmap.s_hook == fmap.o_hook:
-                take(x, hook)
-            return x
-
-        def take(x: Tensor, hook: Any) -> None:
-            o = x[0, p_o]
-            found["o"] = o.mean(0) if aggregation == "mean" else o[0]
-
-        hooks: list[tuple[str, HookFn]] = [(fmap.s_hook, put)]
-        if fmap.s_hook != fmap.o_hook:
-            hooks.append((fmap.o_hook, take))
-        adapter.run_differentiable(ids, mask, hooks)
-        return found["o"].to(torch.float32)
+        # every layer and the unembedding run (logits=True): no early stop
+        edits: list[tuple[str, HookFn]] = [(fmap.s_hook, functools.partial(put, s=s))]
+        out = read(adapter, batch, {"o": fmap.o_hook}, take, grad=True, logits=True, edits=edits)
+        return out.values["o"].to(torch.float32)
 
     s_in = s0.detach().clone().to(torch.float32)
     J = torch.autograd.functional.jacobian(f, s_in, vectorize=True)

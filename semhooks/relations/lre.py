@@ -122,7 +122,7 @@ class LRE(BaseEstimator):
         """Check the hyperparameters against ``adapter``'s model before any forward pass.
 
         Called by :meth:`fit` and by
-        :func:`semhooks.extraction.distributed.fit_lre_distributed`.
+        :func:`semhooks.relations.distributed.fit_lre_distributed`.
 
         Raises:
             ValueError: an unknown ``method`` or ``object_aggregation``; ``method="randomized"``
@@ -190,7 +190,7 @@ class LRE(BaseEstimator):
         **provenance: Any,
     ) -> LRE:
         """Set ``W`` and ``b`` from a mean Jacobian already computed over ``prompts`` (e.g.
-        gathered across ranks by :func:`semhooks.extraction.distributed.fit_lre_distributed`);
+        gathered across ranks by :func:`semhooks.relations.distributed.fit_lre_distributed`);
         ``provenance`` is recorded with the fit."""
         self._svd = (
             (res.U.float(), res.S.float(), res.Vh.float())
@@ -207,7 +207,7 @@ class LRE(BaseEstimator):
         **provenance: Any,
     ) -> LRE:
         """Store a fitted (mean) Jacobian and bias with their provenance (``fit`` and
-        :func:`semhooks.extraction.distributed.fit_lre_distributed` end here)."""
+        :func:`semhooks.relations.distributed.fit_lre_distributed` end here)."""
         self.weight_ = res.weight.float()
         self.bias_ = res.bias.float()
         self.subject_states_ = res.subject_states
