@@ -393,7 +393,8 @@ def validate(
     for chunk in tqdm(chunks, desc="validate", disable=not progress or len(chunks) < 2):
         enc = encode_prompts(adapter, [prompts[i] for i in chunk], with_answer=True)
         # only the answer positions are unembedded (the forward stops after the last block)
-        at = adapter.logits_at(enc.batch, enc.object_positions)
+        at = read(adapter, enc.batch, {}, logit_positions=enc.object_positions).position_logits
+        assert at is not None
         for row, i in enumerate(chunk):
             pred = at[row].argmax(-1).tolist()
             verdicts[i] = (pred == enc.answer_ids[row], int(pred[0]))

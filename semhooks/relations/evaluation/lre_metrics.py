@@ -25,6 +25,7 @@ import torch
 from sklearn.utils.validation import check_is_fitted
 
 from semhooks.backend.adapter import adapt
+from semhooks.extraction.reader import read
 from semhooks.interventions import Steer, intervene, random_control
 from semhooks.relations.checks import check_prompts
 from semhooks.relations.prompts import RelationPrompt, encode_prompts, prompt_states
@@ -158,15 +159,15 @@ def hernandez_causality(
     for start in range(0, len(prompts), batch_size):
         chunk = list(range(start, min(start + batch_size, len(prompts))))
         enc = encode_prompts(adapter, [prompts[i] for i in chunk], with_answer=False)
-        last = torch.tensor([pos[0] for pos in enc.object_positions])
-        rows = torch.arange(len(chunk))
+        last = [[int(pos[0])] for pos in enc.object_positions]  # the last prompt token
         positions = [[int(p)] for p in enc.subject_positions]
         for name, d in (("edit", deltas), ("control", rand)):
             steer = Steer(d[chunk], layers=[lre.subject_layer_], positions=positions)
             with intervene(adapter.model, steer, attention_mask=enc.batch.attention_mask):
-                logits = adapter.forward(enc.batch)
-            assert logits is not None
-            top = logits[rows, last].argmax(-1).cpu()
+                # only the last prompt position is unembedded (the reader's logit_positions)
+                at = read(adapter, enc.batch, {}, logit_positions=last)
+            assert at.position_logits is not None
+            top = torch.cat(at.position_logits).argmax(-1).cpu()
             hits[name].extend((top == target_ids[chunk]).tolist())
             if name == "edit":
                 preds.extend(top.tolist())

@@ -8,6 +8,7 @@ control swaps random unit vectors at the same angle (:func:`semhooks.interventio
 
 from __future__ import annotations
 
+import contextlib
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from sklearn.utils.validation import check_is_fitted
 from torch import Tensor
 
 from semhooks.backend.adapter import adapt
+from semhooks.extraction.reader import read
 from semhooks.interventions import Swap, intervene, random_control
 from semhooks.relations.checks import check_prompts
 from semhooks.relations.evaluation.baselines import Baseline
@@ -184,12 +186,15 @@ def causal_swap(
         if control:
             runs.append((ctrl, random_control(swap, seed=seed + start)))
         for out, iv in runs:
-            if iv is None:
-                logits = adapter.logits_at(enc.batch, enc.object_positions)
-            else:
-                with intervene(adapter.model, iv, attention_mask=enc.batch.attention_mask):
-                    logits = adapter.logits_at(enc.batch, enc.object_positions)
-            p_min = _answer_min_prob(logits, enc.answer_ids)
+            # only the answer positions are unembedded (the reader's logit_positions)
+            with (
+                contextlib.nullcontext()
+                if iv is None
+                else intervene(adapter.model, iv, attention_mask=enc.batch.attention_mask)
+            ):
+                logits = read(adapter, enc.batch, {}, logit_positions=enc.object_positions)
+            assert logits.position_logits is not None
+            p_min = _answer_min_prob(logits.position_logits, enc.answer_ids)
             out.extend((p_min[1::2] > p_min[0::2]).tolist())
     return SwapResult(
         score=float(np.mean(success)),
