@@ -29,10 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from jaxtyping import Int
-from sklearn.model_selection import StratifiedShuffleSplit
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -446,16 +444,17 @@ def split(
     *,
     seed: int = 0,
 ) -> tuple[list[RelationPrompt], list[RelationPrompt]]:
-    """Split stratified by object (seeded), with scikit-learn's ``StratifiedShuffleSplit``.
+    """Split per object (seeded): ``round(train_fraction * n)`` of each object's prompts train.
 
-    Each object ``o`` with ``n_o`` prompts asks for ``t_o = round(train_fraction * n_o)``
-    training prompts (halves round up, at least one: 3 prompts give 2 train, 1 test). An
-    object that leaves no test prompt (a single prompt, or ``t_o = n_o``) goes to training
-    only: it can be classified, not tested. The other objects' prompts are split by
-    ``StratifiedShuffleSplit(train_size=sum_o t_o, random_state=seed)``, which shares the
-    training size out across objects in proportion to their counts (largest remainders,
-    ties broken by the seed); with ``train_fraction >= 0.5`` every object keeps at least one
-    training prompt. Order within each part follows the input order.
+    Every object keeps at least one training prompt; an object with a single prompt goes to
+    training only (it can be classified, not tested). Halves round up (3 prompts: 2 train,
+    1 test). Order within each part follows the input order.
+
+    Not scikit-learn's ``StratifiedShuffleSplit``: that shares the training size out in
+    proportion to the objects' counts, so it neither rounds each object's halves up nor
+    keeps a training prompt for every object (it refuses singleton objects), and it would
+    move every held-out figure the README quotes for the relations. This per-object rule is
+    the one those figures were measured with.
 
     Returns:
         ``(train, test)``.
@@ -463,24 +462,13 @@ def split(
     if not 0.0 < train_fraction <= 1.0:
         raise ValueError(f"train_fraction must be in (0, 1], got {train_fraction}")
     prompts = list(prompts)
+    rng = random.Random(seed)
     train_idx: set[int] = set()
-    rows: list[int] = []
-    labels: list[int] = []
-    n_train = 0
-    for label, idx in enumerate(_group_by_object(prompts).values()):
-        wanted = min(len(idx), max(1, math.floor(train_fraction * len(idx) + 0.5)))
-        if wanted == len(idx):  # no test prompt left: training only
-            train_idx.update(idx)
-            continue
-        rows += idx
-        labels += [label] * len(idx)
-        n_train += wanted
-    if rows:
-        splitter = StratifiedShuffleSplit(
-            n_splits=1, train_size=n_train, test_size=len(rows) - n_train, random_state=seed
-        )
-        chosen, _ = next(splitter.split(np.zeros((len(rows), 1)), np.asarray(labels)))
-        train_idx.update(rows[int(i)] for i in chosen)
+    for _, idx in _group_by_object(prompts).items():
+        shuffled = list(idx)
+        rng.shuffle(shuffled)
+        n_train = min(len(idx), max(1, math.floor(train_fraction * len(idx) + 0.5)))
+        train_idx.update(shuffled[:n_train])
     train = [p for i, p in enumerate(prompts) if i in train_idx]
     test = [p for i, p in enumerate(prompts) if i not in train_idx]
     return train, test
@@ -492,7 +480,8 @@ def balanced_subset(
     """Up to ``n`` prompts balanced across objects: round robin over shuffled objects.
 
     Chanin et al. fit each LRE on about 20 prompts spread over the relation's objects, so
-    that no object dominates the mean Jacobian.
+    that no object dominates the mean Jacobian. Equal counts per object (round robin), not
+    scikit-learn's proportional stratification, which would let a large object dominate.
     """
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
