@@ -227,10 +227,13 @@ def test_correction_leaves_other_sites_alone_and_gradrop_runs(tiny_llama):
 def test_query_key_correction_on_smollm2(smollm2):
     from semhooks.studies.patching.study import factual_recall_pairs
 
-    clean, corrupt, answers, wrong = factual_recall_pairs(smollm2, n=4)
+    # 5 layers x 2 positions x (9 query + 3 key heads) = 120 cells, 3 pairs: two forwards.
+    # On every 3rd layer with 4 pairs (240 cells) it measured Spearman 0.995 corrected,
+    # 0.961 plain (README).
+    clean, corrupt, answers, wrong = factual_recall_pairs(smollm2, n=3)
     metric = logit_diff(smollm2, answers, wrong)
     kw = dict(
-        sites=["q", "k"], layers=list(range(0, 30, 3)), positions=["span:last", "last"],
+        sites=["q", "k"], layers=[2, 8, 14, 20, 26], positions=["span:last", "last"],
         progress=False,
     )  # fmt: skip
     exact = activation_patching(smollm2, clean, corrupt, metric, **kw)
