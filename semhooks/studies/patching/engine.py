@@ -126,7 +126,7 @@ class LabelIndex:
 
 def label_index(setup: PatchingSetup, labels: Sequence[str]) -> LabelIndex:
     """The :class:`LabelIndex` of ``labels`` over every pair of ``setup``."""
-    items = []
+    items: list[tuple[int, int, int, int]] = []
     for j, lab in enumerate(labels):
         for p in range(setup.n_pairs):
             recv, src = setup.tokens(lab, p)
