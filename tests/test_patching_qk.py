@@ -248,3 +248,46 @@ def test_query_key_correction_on_smollm2(smollm2):
     r_fixed, r_plain = rho(fixed), rho(plain)
     print(f"q/k grid on SmolLM2, Spearman vs exact: corrected {r_fixed:.3f}, plain {r_plain:.3f}")
     assert r_fixed >= r_plain
+
+
+def test_corrected_effects_on_a_hand_built_head_equal_the_exact_change():
+    """One layer, no model: S = q k^T / sqrt(d) (causal), m = sum(A * W). The corrected
+    effect of writing another query into one row (or another key into one column) equals
+    m(softmax(S_patched)) - m(A) exactly; a pattern that is not softmax(S) is refused."""
+    from semhooks.studies.patching import PatchingError
+    from semhooks.studies.patching.engine import LabelIndex
+    from semhooks.studies.patching.qk import check_pattern, corrected_effects
+
+    g = torch.Generator().manual_seed(0)
+    t, d, n_heads, n_kv = 5, 8, 4, 2
+    q0 = 6 * torch.randn(1, t, n_heads, d, generator=g)  # large: a saturated softmax
+    k0 = torch.randn(1, t, n_kv, d, generator=g)
+    w = torch.randn(1, n_heads, t, t, generator=g)
+    causal = torch.ones(t, t, dtype=torch.bool).tril()
+
+    def pattern_of(q, k):
+        kk = k.repeat_interleave(n_heads // n_kv, dim=2)
+        s = torch.einsum("bqhd,bkhd->bhqk", q, kk) / d**0.5
+        return s.masked_fill(~causal, float("-inf"))
+
+    src_q = torch.randn(1, t, n_heads, d, generator=g) * 6
+    src_k = torch.randn(1, t, n_kv, d, generator=g)
+    index = LabelIndex(  # label 0: token 3; label 1: tokens 1 and 4
+        torch.tensor([0, 1, 1]), torch.tensor([0, 0, 0]), torch.tensor([3, 1, 4]),
+        torch.tensor([3, 1, 4]), 2,
+    )  # fmt: skip
+    for which, source in (("q", src_q), ("k", src_k)):
+        q = q0.clone().requires_grad_(True)
+        k = k0.clone().requires_grad_(True)
+        scores = pattern_of(q, k)
+        a = torch.softmax(scores, -1)
+        got = corrected_effects(q if which == "q" else k, scores, a, w, source, index)
+        for label, tokens in ((0, [3]), (1, [1, 4])):
+            for h in range(source.shape[2]):
+                qp, kp = q0.clone(), k0.clone()
+                x = qp if which == "q" else kp
+                x[0, tokens, h] = source[0, tokens, h]
+                change = (torch.softmax(pattern_of(qp, kp), -1) - a.detach()) * w
+                assert float(got[0, label, h]) == pytest.approx(float(change.sum()), abs=1e-5)
+    with pytest.raises(PatchingError, match="differs from attn.hook_pattern"):
+        check_pattern(scores.detach(), torch.softmax(2 * scores.detach(), -1), "layer 0")
