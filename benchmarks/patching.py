@@ -15,11 +15,15 @@ count). Metric: logit(clean capital) - logit(corrupted capital) at the last toke
   (c) semhooks exact grid, default (cells before the span, whose patch changes nothing, are
       not run).
   (d) semhooks attribution patching (one forward + one backward over the pairs).
+  (e) query/key grid (sites ``q`` and ``k``, every head; every 3rd layer x ``span:last`` and
+      ``last``): exact, attribution with AtP*'s query/key correction (the attention pattern
+      recomputed under each patch) and without it (plain first order), Spearman of each
+      against exact.
 
 Printed: seconds, ratios (a)/(b), (a)/(c), (c)/(d); agreement of (a) with (b) on the cells
 (a) ran; Spearman, Spearman over live cells and top-10 overlap of (d) against (c); versions,
 device, threads and the load average before and after. Targets: (a)/(b) >= 3,
-(c)/(d) >= 20, Spearman >= 0.8.
+(c)/(d) >= 20, Spearman >= 0.8; (e) corrected Spearman >= plain.
 """
 
 from __future__ import annotations
@@ -62,9 +66,37 @@ def tl_loop(model, setup, cells, names):
     return out
 
 
+def qk_row(model, clean, corrupt, metric, layers):
+    """Row (e): the q/k grid exact, and attribution with and without the QK correction."""
+    from semhooks import activation_patching, attribution_patching
+    from semhooks.studies.patching import spearman
+
+    kw = dict(sites=["q", "k"], layers=layers, positions=["span:last", "last"], progress=False)
+    out = {"layers": len(layers)}
+    runs = {}
+    for key, fn, extra in (
+        ("exact", activation_patching, {}),
+        ("fixed", attribution_patching, {}),
+        ("plain", attribution_patching, {"qk_correction": False}),
+    ):
+        t = time.perf_counter()
+        runs[key] = fn(model, clean, corrupt, metric, **kw, **extra)
+        out[f"{key}_s"] = time.perf_counter() - t
+
+    def flat(r):
+        return torch.cat([r.scores[s].flatten() for s in ("q", "k")]).numpy()
+
+    out["cells"] = len(flat(runs["exact"]))
+    for key in ("fixed", "plain"):
+        out[f"{key}_spearman"] = spearman(flat(runs[key]), flat(runs["exact"]))
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="4 layers, 2 pairs, 6 loop cells")
+    parser.add_argument(
+        "--quick", action="store_true", help="4 layers (q/k: 3), 2 pairs, 6 loop cells"
+    )
     parser.add_argument("--pairs", type=int, default=None)
     parser.add_argument("--loop-cells", type=int, default=None, help="cells the loop times")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -114,6 +146,8 @@ def main() -> None:
     approx = sh.attribution_patching(model, clean, corrupt, metric, **kw)
     t_attr = time.perf_counter() - t
 
+    qk = qk_row(model, clean, corrupt, metric, [0, 15, 29] if args.quick else layers[::3])
+
     grid = every.scores["resid_pre"]
     li = {x: i for i, x in enumerate(layers)}
     pi = {p: j for j, p in enumerate(positions)}
@@ -138,6 +172,10 @@ def main() -> None:
         f"attribution vs exact: Spearman {cmp['spearman']:.3f}, over live cells "
         f"{cmp['spearman_live']:.3f}, Pearson {cmp['pearson']:.3f}, top-10 overlap "
         f"{cmp['top10_overlap']:.2f}",
+        f"(e) q/k grid, {qk['cells']} cells ({qk['layers']} layers x span:last, last x heads): "
+        f"exact {qk['exact_s']:.2f} s, attribution with QK correction {qk['fixed_s']:.2f} s "
+        f"(Spearman {qk['fixed_spearman']:.3f}), without {qk['plain_s']:.2f} s "
+        f"(Spearman {qk['plain_spearman']:.3f})",
     ]
     print("\n".join(lines))
     if args.json:
@@ -147,6 +185,7 @@ def main() -> None:
                     "loop_s": t_loop, "grid_every_s": t_every, "grid_s": t_exact,
                     "attribution_s": t_attr, "compare": cmp, "load": [load_before, load_after],
                     "cells": len(cells), "pairs": n_pairs, "loop_cells_timed": len(sample),
+                    "qk": qk,
                 },
                 fh, indent=2,
             )  # fmt: skip

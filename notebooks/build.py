@@ -300,6 +300,19 @@ print(f"exact {exact.seconds:.1f} s, attribution {approx.seconds:.1f} s, "
       f"Spearman {cmp['spearman']:.2f}, top-10 overlap {cmp['top10_overlap']:.2f}")
 """),
     md("""
+Per head, queries (`q`) and keys (`k`) are sites too. For them attribution recomputes the
+head's attention pattern under the patch and linearises only after the softmax (AtP*'s
+correction); `qk_correction=False` gives the plain first-order estimate, for comparison:
+"""),
+    code("""
+qk = dict(sites=["q", "k"], layers=[12, 24], positions=["last"], progress=False)
+exact_qk = sh.activation_patching(model, clean, corrupted, metric, **qk)
+for fix in (True, False):
+    est = sh.attribution_patching(model, clean, corrupted, metric, qk_correction=fix, **qk)
+    rho = {s: round(c["spearman"], 2) for s, c in est.compare(exact_qk).items()}
+    print(f"qk_correction={fix}: Spearman vs exact {rho}")
+"""),
+    md("""
 Concept-level: interchange only the component along one direction (here the difference of
 the two subjects' states at layer 6), against a random direction and a norm-matched placebo:
 """),

@@ -17,9 +17,11 @@ from collections.abc import Iterable
 from typing import Any, Literal, NamedTuple
 
 __all__ = [
+    "ATTENTION_SITES",
     "SITES",
     "HookSite",
     "Site",
+    "attention_hook_name",
     "hook_layer",
     "layers_in",
     "parse_hook_name",
@@ -36,6 +38,12 @@ SITES: dict[str, str] = {
     # The embedding output as it enters block 0 (token + position embeddings).
     "embed": "blocks.0.hook_resid_pre",
 }
+
+#: Per-head attention hook points, by TransformerLens' short names: ``q``, ``k``, ``v`` and
+#: ``z`` are ``[batch, pos, head, d_head]`` (``k``/``v``: key-value heads under grouped-query
+#: attention), ``attn_scores`` (masked, before the softmax) and ``pattern`` (after it) are
+#: ``[batch, head, query_pos, key_pos]``. TransformerBridge accepts the same names as aliases.
+ATTENTION_SITES = ("q", "k", "v", "z", "attn_scores", "pattern")
 
 # TransformerBridge's canonical names for the same points (TransformerLens 4.x): the block's
 # input and output, the attention and MLP outputs, the second norm's input (resid_mid).
@@ -86,6 +94,14 @@ def site_hook_name(site: str, layer: int) -> str:
         raise ValueError(f"unknown site {site!r}; choose one of {sorted(SITES)}")
     if site == "embed":
         return SITES["embed"]
+    return _act_name(site, int(layer))
+
+
+def attention_hook_name(site: str, layer: int) -> str:
+    """The TransformerLens hook name of a per-head attention site (:data:`ATTENTION_SITES`)
+    at ``layer``, e.g. ``blocks.3.attn.hook_q``. Raises ValueError for another site."""
+    if site not in ATTENTION_SITES:
+        raise ValueError(f"unknown attention site {site!r}; choose one of {list(ATTENTION_SITES)}")
     return _act_name(site, int(layer))
 
 

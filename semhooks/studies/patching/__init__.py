@@ -1,11 +1,12 @@
 """Causal-intervention experiments: exact activation patching, attribution patching, concepts.
 
 - :func:`activation_patching`: exact patching of a grid of sites (``resid_pre``,
-  ``resid_mid``, ``resid_post``, ``attn_out``, ``mlp_out``, per-``head``) x layers x
-  positions, denoising or noising, many cells per forward, streamed by
-  :func:`iter_activation_patching`.
+  ``resid_mid``, ``resid_post``, ``attn_out``, ``mlp_out``, and per head: ``head`` outputs,
+  ``q`` queries, ``k`` keys) x layers x positions, denoising or noising, many cells per
+  forward, streamed by :func:`iter_activation_patching`.
 - :func:`attribution_patching`: the same grid to first order from one forward and one
-  backward pass (and AtP*'s GradDrop).
+  backward pass, with AtP*'s query/key correction (the attention pattern recomputed exactly
+  under a ``q``/``k`` patch) and GradDrop.
 - :func:`concept_patching`: interchange or swap along a direction, with random and placebo
   controls.
 - :class:`PatchingResult`: normalised scores (0 = corrupted, 1 = clean), ``plot``,
@@ -18,7 +19,7 @@ in token count; positions are labels such as ``"span:last"`` and ``"last"``.
 from semhooks.studies.patching.align import AlignmentError, diff_span
 from semhooks.studies.patching.attribution import attribution_patching
 from semhooks.studies.patching.concept import concept_patching, orthonormal_basis
-from semhooks.studies.patching.engine import GRID_SITES, Cell, PatchingError
+from semhooks.studies.patching.engine import GRID_SITES, HEAD_SITES, Cell, PatchingError
 from semhooks.studies.patching.grid import (
     CellScore,
     activation_patching,
@@ -29,6 +30,7 @@ from semhooks.studies.patching.result import PatchingResult, spearman
 
 __all__ = [
     "GRID_SITES",
+    "HEAD_SITES",
     "AlignmentError",
     "Cell",
     "CellScore",

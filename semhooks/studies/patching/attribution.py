@@ -1,5 +1,6 @@
 """Attribution patching: a first-order estimate of the whole grid from one forward and one
-backward pass (Nanda 2023; Syed et al. 2023), with AtP*'s GradDrop (Kramar et al. 2024).
+backward pass (Nanda 2023; Syed et al. 2023), with AtP*'s two corrections (Kramar et al.
+2024): the query/key correction and GradDrop.
 
 For a cell ``n`` (a site, layer, position[, head]) with receiver activation ``a_r`` and
 source activation ``a_s`` (denoising: receiver = corrupted run, source = clean run),
@@ -10,15 +11,22 @@ summed over the cell's aligned tokens; the estimate is normalised exactly as exa
 is (0 = corrupted, 1 = clean). It is exact when the metric is linear in the patched
 activation, and it errs where the network is not (a saturated attention softmax, a norm).
 
+Query/key correction (``qk_correction=True``, the default; AtP* section 3.1.1): a ``"q"`` or
+``"k"`` cell acts only through its layer's attention pattern, and a saturated softmax makes
+the line above badly wrong there. The pattern under the patch is recomputed exactly (the
+patched scores of that head, a softmax) and only the step after it is linearised,
+
+    m(patched) ~ m(receiver) + sum (A_patched - A) * dm/dA
+
+(:mod:`semhooks.studies.patching.qk`); exact when the metric is linear in the pattern.
+``qk_correction=False`` keeps the plain estimate, to compare.
+
 GradDrop (``gradrop=True``, AtP* section 3.1.2): an estimate can vanish because two paths
 from the cell cancel. AtP* repeats the backward pass once per layer ``l`` with the gradient
 through block ``l``'s sublayer outputs (``attn_out``, ``mlp_out``) stopped, and scores a cell
 by ``mean_l |AtP_l(n)|`` (normalised by the clean-corrupted gap): an unsigned magnitude for
 ranking, which surfaces cells whose paths cancel. It costs one more forward and backward
 per layer.
-
-AtP*'s other correction (recomputing the attention softmax when a patch moves a query or a
-key) is not implemented: these grids patch residual, sublayer and per-head *outputs*.
 """
 
 from __future__ import annotations
@@ -32,24 +40,44 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from semhooks.studies.patching.engine import (
+    LabelIndex,
     Metric,
     Mode,
     PatchingSetup,
+    attention_hook,
     hook_name,
+    label_index,
     prepare,
     resolve_grid,
     run_metric,
 )
+from semhooks.studies.patching.qk import corrected_effects
 from semhooks.studies.patching.result import PatchingResult, normalised
 
+Key = tuple[str, int]
+QK_SITES = ("q", "k")
 
-def _receiver_grads(
-    setup: PatchingSetup, keys: Sequence[tuple[str, int]], stop_layer: int | None = None
-) -> tuple[Tensor, dict[tuple[str, int], Tensor], dict[tuple[str, int], Tensor]]:
-    """Metric, activations and their gradients on the receiver run (one forward+backward);
-    ``stop_layer``: stop the gradient through that block's attn_out and mlp_out."""
+
+def _receiver_deltas(
+    setup: PatchingSetup,
+    keys: Sequence[Key],
+    index: LabelIndex,
+    *,
+    qk_correction: bool,
+    stop_layer: int | None = None,
+) -> tuple[Tensor, dict[Key, Tensor]]:
+    """The receiver's metric ``[pair]`` and each key's estimated metric change
+    ``[pair, label(, head)]``, from one forward and one backward pass on the receiver run.
+
+    ``stop_layer``: stop the gradient through that block's attn_out and mlp_out (GradDrop).
+    """
     adapter = setup.adapter
+    corrected = [k for k in keys if qk_correction and k[0] in QK_SITES]
+    plain = [k for k in keys if k not in corrected]
+    layers = sorted({layer for _, layer in corrected})
     names = {k: hook_name(adapter, *k) for k in keys}
+    scores = {layer: attention_hook(adapter, "attn_scores", layer) for layer in layers}
+    patterns = {layer: attention_hook(adapter, "pattern", layer) for layer in layers}
     acts: dict[str, Tensor] = {}
 
     def grab(name: str) -> Any:
@@ -70,51 +98,53 @@ def _receiver_grads(
                 return act.detach().requires_grad_(True)
 
             hooks.append((adapter.hook_name(site, stop_layer), detach))
-    hooks += [(n, grab(n)) for n in sorted(set(names.values()))]
+    grabbed = {*names.values(), *scores.values(), *patterns.values()}
+    hooks += [(n, grab(n)) for n in sorted(grabbed)]
+    # gradients only where an estimate reads them: plain cells, and the patterns of the
+    # layers whose query/key cells are corrected
+    wanted = sorted({names[k] for k in plain} | set(patterns.values()))
     pairs = torch.arange(setup.n_pairs)
+    out: dict[Key, Tensor] = {}
     with torch.enable_grad():
         value = run_metric(setup, setup.receiver, pairs, hooks, grad=True)
-        order = sorted(acts)
-        grads = torch.autograd.grad(value.sum(), [acts[n] for n in order], allow_unused=True)
-    by_name = {
-        n: (g if g is not None else torch.zeros_like(acts[n])).detach().float().cpu()
-        for n, g in zip(order, grads, strict=True)
-    }
-    a = {k: acts[n].detach().float().cpu() for k, n in names.items()}
-    g = {k: by_name[n] for k, n in names.items()}
-    return value.detach().float().cpu(), a, g
+        grads = torch.autograd.grad(
+            value.sum(), [acts[n] for n in wanted], allow_unused=True, retain_graph=bool(layers)
+        )
+        by_name = {
+            n: (g if g is not None else torch.zeros_like(acts[n])).detach()
+            for n, g in zip(wanted, grads, strict=True)
+        }
+        for key in corrected:
+            site, layer = key
+            out[key] = corrected_effects(
+                acts[names[key]], acts[scores[layer]], acts[patterns[layer]],
+                by_name[patterns[layer]], setup.sources[key], index,
+                where=f"layer {layer}",
+            )  # fmt: skip
+    for key in plain:
+        out[key] = _first_order(
+            setup.sources[key], acts[names[key]].detach(), by_name[names[key]], index, setup.n_pairs
+        )
+    return value.detach().float().cpu(), out
+
+
+def _first_order(
+    source: Tensor, receiver: Tensor, grad: Tensor, index: LabelIndex, n_pairs: int
+) -> Tensor:
+    """``sum over each label's tokens of (a_s - a_r) . dm/da_r``: ``[pair, label(, head)]``."""
+    src = source.to(receiver.device)[index.pair, index.source].float()
+    at = (index.pair, index.receiver)
+    terms = ((src - receiver[at].float()) * grad[at].float()).sum(-1)  # [token(, head)]
+    out = torch.zeros((index.n_labels * n_pairs, *terms.shape[1:]), device=terms.device)
+    out.index_add_(0, index.label.to(terms.device) * n_pairs + index.pair.to(terms.device), terms)
+    return out.view(index.n_labels, n_pairs, *terms.shape[1:]).transpose(0, 1).cpu()
 
 
 def _estimates(
-    setup: PatchingSetup,
-    sites: Sequence[str],
-    layers: Sequence[int],
-    labels: Sequence[str],
-    acts: dict[tuple[str, int], Tensor],
-    grads: dict[tuple[str, int], Tensor],
+    sites: Sequence[str], layers: Sequence[int], deltas: dict[Key, Tensor]
 ) -> dict[str, Tensor]:
     """Per site: estimated metric change ``[pair, layer, position(, head)]``."""
-    out = {}
-    n = setup.n_pairs
-    for s in sites:
-        per_layer = []
-        for layer in layers:
-            src, recv, g = (
-                setup.sources[(s, layer)].float().cpu(),
-                acts[(s, layer)],
-                grads[(s, layer)],
-            )
-            cols = []
-            for lab in labels:
-                rows = []
-                for p in range(n):
-                    tr, ts = setup.tokens(lab, p)
-                    diff = src[p, ts] - recv[p, tr]  # [k, d] or [k, h, d_head]
-                    rows.append((diff * g[p, tr]).sum(0).sum(-1))  # [] or [h]
-                cols.append(torch.stack(rows))
-            per_layer.append(torch.stack(cols, dim=1))  # [pair, pos(, h)]
-        out[s] = torch.stack(per_layer, dim=1)  # [pair, layer, pos(, h)]
-    return out
+    return {s: torch.stack([deltas[(s, layer)] for layer in layers], dim=1) for s in sites}
 
 
 def attribution_patching(
@@ -128,12 +158,18 @@ def attribution_patching(
     positions: Sequence[str] | str | None = None,
     mode: Mode = "denoise",
     spans: Sequence[tuple[str, str]] | None = None,
+    qk_correction: bool = True,
     gradrop: bool = False,
     progress: bool = True,
 ) -> PatchingResult:
     """First-order (attribution) patching of the same grid as
     :func:`~semhooks.studies.patching.activation_patching` (same arguments), from one
     forward and one backward pass over the pairs (plus the source baseline forward).
+
+    ``qk_correction`` (default): ``"q"`` and ``"k"`` cells recompute their head's attention
+    pattern exactly and linearise only after the softmax (AtP*; see the module docstring);
+    ``False``: the plain first-order estimate for them too. Recorded in
+    ``provenance["qk_correction"]``.
 
     ``gradrop=True`` returns AtP*'s GradDrop magnitudes instead (``method=
     "attribution+gradrop"``, unsigned; compare with ``result.compare(exact, absolute=True)``),
@@ -151,12 +187,14 @@ def attribution_patching(
         model, clean, corrupted, metric, mode=mode, spans=spans, hooks=keys, run_receiver=False
     )
     labels = setup.labels(positions)
-    m_recv, acts, grads = _receiver_grads(setup, keys)  # also the receiver's baseline
+    index = label_index(setup, labels)
+    # the receiver's forward and backward is also its baseline
+    m_recv, first = _receiver_deltas(setup, keys, index, qk_correction=qk_correction)
     if mode == "denoise":
         setup.corrupted_metric = m_recv
     else:
         setup.clean_metric = m_recv
-    delta = _estimates(setup, sites, layer_list, labels, acts, grads)
+    delta = _estimates(sites, layer_list, first)
     gap = float(setup.clean_metric.mean() - setup.corrupted_metric.mean())
     if not gradrop:
         raw = {s: d + m_recv.view(-1, *([1] * (d.ndim - 1))) for s, d in delta.items()}
@@ -168,8 +206,10 @@ def attribution_patching(
         total = {s: torch.zeros_like(d) for s, d in delta.items()}
         drops = range(adapter.n_layers)
         for layer in tqdm(drops, desc="GradDrop", unit="layer", disable=not progress):
-            _, a_l, g_l = _receiver_grads(setup, keys, stop_layer=layer)
-            for s, d in _estimates(setup, sites, layer_list, labels, a_l, g_l).items():
+            _, dropped = _receiver_deltas(
+                setup, keys, index, qk_correction=qk_correction, stop_layer=layer
+            )
+            for s, d in _estimates(sites, layer_list, dropped).items():
                 total[s] += d.abs()
         raw = {s: t / max(1, adapter.n_layers - 1) for s, t in total.items()}
         scores = {s: r.mean(0) / abs(gap) for s, r in raw.items()}
@@ -184,7 +224,9 @@ def attribution_patching(
         corrupted_metric=setup.corrupted_metric,
         method=method,
         mode=mode,
-        provenance=adapter.provenance(n_pairs=setup.n_pairs, clean=setup.clean.texts[:3]),
+        provenance=adapter.provenance(
+            n_pairs=setup.n_pairs, clean=setup.clean.texts[:3], qk_correction=qk_correction
+        ),
     )
     result.seconds = time.perf_counter() - t0
     result.n_forwards = setup.n_forwards

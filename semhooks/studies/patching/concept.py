@@ -33,6 +33,7 @@ from torch import Tensor
 
 from semhooks.interventions import Swap, as_direction, placebo, random_control
 from semhooks.studies.patching.engine import (
+    HEAD_SITES,
     Cell,
     Edit,
     Metric,
@@ -119,8 +120,11 @@ def concept_patching(
     from semhooks.backend.adapter import adapt
 
     adapter = adapt(model)
-    if site == "head":
-        raise PatchingError("concept patching acts on d_model vectors; choose a residual site")
+    if site in HEAD_SITES:
+        raise PatchingError(
+            f"concept patching acts on d_model vectors, not the per-head site {site!r}; "
+            "choose a residual site"
+        )
     for c in controls:
         if c not in ("random", "placebo"):
             raise PatchingError(f"unknown control {c!r}; use 'random' and/or 'placebo'")
@@ -170,7 +174,7 @@ def concept_patching(
         stream = iter_activation_patching(
             setup, cells, cells_per_forward=cells_per_forward, edit=edit, progress=progress
         )
-        parts[name] = collect(setup, sites, layer_list, labels, stream, 0, method="concept")
+        parts[name] = collect(setup, sites, layer_list, labels, stream, {}, method="concept")
     result = parts["concept"]
     result.scores = {name: part.scores[site] for name, part in parts.items()}
     result.raw = {name: part.raw[site] for name, part in parts.items()}

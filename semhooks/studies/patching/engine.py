@@ -21,6 +21,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from semhooks.backend.adapter import Tokenized, adapt
+from semhooks.backend.sites import attention_hook_name
 from semhooks.extraction.reader import batch_from_ids, read
 from semhooks.studies.patching.align import (
     AlignmentError,
@@ -32,9 +33,14 @@ from semhooks.studies.patching.align import (
     explicit_spans,
 )
 
-#: Sites a grid can patch: the adapter's residual and sublayer sites, plus ``"head"`` (each
-#: attention head's output before the output projection, ``attn.hook_z``).
-GRID_SITES = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "head")
+#: Sites a grid can patch: the adapter's residual and sublayer sites, plus three per-head
+#: sites: ``"head"`` (each head's output before the output projection, ``attn.hook_z``),
+#: ``"q"`` (each head's query, ``attn.hook_q``) and ``"k"`` (each key head's key,
+#: ``attn.hook_k``; under grouped-query attention one key head serves several query heads).
+GRID_SITES = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "head", "q", "k")
+#: The per-head sites and the attention hook each one patches
+#: (:data:`semhooks.backend.sites.ATTENTION_SITES`).
+HEAD_SITES = {"head": "z", "q": "q", "k": "k"}
 Metric = Callable[[Float[Tensor, "row vocab"], Int[Tensor, " row"]], Float[Tensor, " row"]]
 Mode = Literal["denoise", "noise"]
 K = TypeVar("K", bound=Hashable)
@@ -48,7 +54,8 @@ class PatchingError(ValueError):
 
 @dataclass(frozen=True)
 class Cell:
-    """One patch: a site at a layer, a position label, and a head (``"head"`` site only)."""
+    """One patch: a site at a layer, a position label, and a head (per-head sites only:
+    :data:`HEAD_SITES`; for ``"k"`` a key-value head)."""
 
     site: str
     layer: int
@@ -104,22 +111,53 @@ class PatchingSetup:
         return batch.attention_mask.sum(-1) - 1
 
 
+@dataclass(frozen=True)
+class LabelIndex:
+    """Every aligned token of a grid's positions, flattened: entry ``i`` says that label
+    ``label[i]`` of pair ``pair[i]`` covers receiver token ``receiver[i]``, whose source
+    token is ``source[i]`` (one entry per token of a multi-token label)."""
+
+    label: Int[Tensor, " n"]
+    pair: Int[Tensor, " n"]
+    receiver: Int[Tensor, " n"]
+    source: Int[Tensor, " n"]
+    n_labels: int
+
+
+def label_index(setup: PatchingSetup, labels: Sequence[str]) -> LabelIndex:
+    """The :class:`LabelIndex` of ``labels`` over every pair of ``setup``."""
+    items: list[tuple[int, int, int, int]] = []
+    for j, lab in enumerate(labels):
+        for p in range(setup.n_pairs):
+            recv, src = setup.tokens(lab, p)
+            items.extend((j, p, tr, ts) for tr, ts in zip(recv, src, strict=True))
+    cols = torch.tensor(items, dtype=torch.long).reshape(-1, 4).T
+    return LabelIndex(cols[0], cols[1], cols[2], cols[3], len(labels))
+
+
 def hook_name(adapter: Any, site: str, layer: int) -> str:
-    """The hook point of ``site`` at ``layer`` (``"head"``: ``blocks.{layer}.attn.hook_z``)."""
+    """The hook point of ``site`` at ``layer`` (a per-head site: its attention hook,
+    e.g. ``"head"``: ``blocks.{layer}.attn.hook_z``)."""
     if site not in GRID_SITES:
         raise PatchingError(f"unknown site {site!r}; a patching grid takes {list(GRID_SITES)}")
-    if site == "head":
-        name = f"blocks.{layer}.attn.hook_z"
-        hook_dict = getattr(adapter.model, "hook_dict", None)
-        if hook_dict is not None and name not in hook_dict:
-            raise PatchingError(
-                f"{adapter.name} exposes no per-head hook {name!r}; patch 'attn_out' instead"
-            )
-        return name
+    if site in HEAD_SITES:
+        return attention_hook(adapter, HEAD_SITES[site], layer)
     try:
         return str(adapter.hook_name(site, layer))
     except ValueError as exc:
         raise PatchingError(str(exc)) from exc
+
+
+def attention_hook(adapter: Any, site: str, layer: int) -> str:
+    """The per-head attention hook ``site`` (:data:`~semhooks.backend.sites.ATTENTION_SITES`:
+    ``"q"``, ``"z"``, ``"pattern"``...) at ``layer``, refused where the model has none."""
+    name = attention_hook_name(site, layer)
+    hook_dict = getattr(adapter.model, "hook_dict", None)
+    if hook_dict is not None and name not in hook_dict:
+        raise PatchingError(
+            f"{adapter.name} exposes no per-head hook {name!r}; patch 'attn_out' instead"
+        )
+    return name
 
 
 def resolve_grid(
@@ -340,12 +378,18 @@ def receiver_metric(setup: PatchingSetup) -> Tensor:
     return setup.corrupted_metric if setup.mode == "denoise" else setup.clean_metric
 
 
-def check_heads(setup: PatchingSetup, sites: Sequence[str]) -> int:
-    """Heads per layer (0 when no head site is requested)."""
-    if "head" not in sites:
-        return 0
-    key = next(k for k in setup.sources if k[0] == "head")
-    z = setup.sources[key]
-    if z.ndim != 4:
-        raise AlignmentError(f"attn.hook_z has shape {tuple(z.shape)}; expected [b, t, h, d]")
-    return int(z.shape[2])
+def check_heads(setup: PatchingSetup, sites: Sequence[str]) -> dict[str, int]:
+    """Heads per layer of each per-head site among ``sites`` (``"k"``: key-value heads)."""
+    out = {}
+    for site in sites:
+        if site not in HEAD_SITES:
+            continue
+        key = next(k for k in setup.sources if k[0] == site)
+        act = setup.sources[key]
+        if act.ndim != 4:
+            raise AlignmentError(
+                f"attn.hook_{HEAD_SITES[site]} has shape {tuple(act.shape)}; expected "
+                "[batch, pos, head, d_head]"
+            )
+        out[site] = int(act.shape[2])
+    return out

@@ -18,7 +18,7 @@ Pairs may have different lengths: they are aligned by characters (:mod:`.align`)
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from semhooks.studies.patching.engine import (
+    HEAD_SITES,
     Cell,
     Edit,
     Metric,
@@ -89,15 +90,21 @@ def _first_tokens(adapter: Any, items: Sequence[Any], what: str) -> list[int]:
 
 
 def plan_cells(
-    sites: Sequence[str], layers: Sequence[int], labels: Sequence[str], n_heads: int
+    sites: Sequence[str],
+    layers: Sequence[int],
+    labels: Sequence[str],
+    n_heads: Mapping[str, int] | int,
 ) -> list[Cell]:
-    """Every cell of the grid, site-major, then layer, position, head."""
+    """Every cell of the grid, site-major, then layer, position, head. ``n_heads``: heads
+    per per-head site (:func:`~semhooks.studies.patching.engine.check_heads`), or one count
+    for every per-head site."""
     cells: list[Cell] = []
     for s in sites:
         for layer in layers:
             for lab in labels:
-                if s == "head":
-                    cells.extend(Cell(s, layer, lab, h) for h in range(n_heads))
+                if s in HEAD_SITES:
+                    count = n_heads if isinstance(n_heads, int) else n_heads[s]
+                    cells.extend(Cell(s, layer, lab, h) for h in range(count))
                 else:
                     cells.append(Cell(s, layer, lab))
     return cells
@@ -156,7 +163,7 @@ def collect(
     layers: Sequence[int],
     labels: Sequence[str],
     stream: Iterator[CellScore],
-    n_heads: int,
+    n_heads: Mapping[str, int],
     **meta: Any,
 ) -> PatchingResult:
     """Fill the per-site grids of a :class:`PatchingResult` from streamed cell scores."""
@@ -165,7 +172,7 @@ def collect(
     pi = {lab: j for j, lab in enumerate(labels)}
     scores, raw = {}, {}
     for s in sites:
-        shape = (len(layers), len(labels)) + ((n_heads,) if s == "head" else ())
+        shape = (len(layers), len(labels)) + ((n_heads[s],) if s in HEAD_SITES else ())
         scores[s] = torch.full(shape, float("nan"))
         raw[s] = torch.full((n, *shape), float("nan"))
     for item in stream:
@@ -212,7 +219,9 @@ def activation_patching(
         metric: ``metric(last_logits [row, vocab], pair [row]) -> [row]``, e.g.
             :func:`logit_diff`; read at each row's last token.
         sites: any of ``resid_pre``, ``resid_mid``, ``resid_post``, ``attn_out``, ``mlp_out``
-            and ``head`` (per attention head, ``attn.hook_z``).
+            and the per-head sites ``head`` (each head's output, ``attn.hook_z``), ``q``
+            (each head's query, ``attn.hook_q``) and ``k`` (each key-value head's key,
+            ``attn.hook_k``).
         layers: ``"all"``, an int or a list (negatives count from the top).
         positions: position labels (:mod:`semhooks.studies.patching.align`); None = every
             token of the template (``pre:*``, ``span:first``, ``span:last``, ``post:*``).
@@ -225,7 +234,8 @@ def activation_patching(
         progress: a tqdm bar over cells.
 
     Returns:
-        :class:`PatchingResult` with ``scores[site]`` ``[layer, position(, head)]``.
+        :class:`PatchingResult` with ``scores[site]`` ``[layer, position(, head)]``
+        (``"k"``: one column per key-value head).
     """
     t0 = time.perf_counter()
     from semhooks.backend.adapter import adapt

@@ -45,7 +45,8 @@ def normalised(
 class PatchingResult:
     """Scores of a patching grid (exact, attribution or concept), one tensor per site.
 
-    ``scores[site]`` is ``[layer, position]`` (``[layer, position, head]`` for ``"head"``),
+    ``scores[site]`` is ``[layer, position]`` (``[layer, position, head]`` for the per-head
+    sites ``"head"``, ``"q"`` and ``"k"``),
     normalised so 0 = corrupted and 1 = clean (see :func:`normalised`); ``raw[site]`` holds
     the patched metric per pair, ``[pair, layer, position(, head)]``. ``method`` is
     ``"exact"``, ``"attribution"``, ``"attribution+gradrop"`` or ``"concept"``; ``mode`` is
