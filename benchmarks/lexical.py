@@ -36,6 +36,7 @@ import torch
 import semhooks
 from semhooks.data.loaders import WiCItem, load_wic
 from semhooks.extraction.spans import char_span_to_positions
+from semhooks.io.artifacts import atomic_write_text
 from semhooks.studies.lexical import (
     VARIANTS,
     WiCResult,
@@ -139,42 +140,59 @@ def benchmark(args: argparse.Namespace) -> None:
     print(f"best layer (repeat): {ours.layers[best]} with {100 * accs[best]:.1f}%")
 
 
+def study_summary(name: str, res: WiCResult) -> str:
+    """The ``wic_{model}.md`` text of one model's study."""
+    summary = [
+        f"## {name}: WiC dev accuracy (%) by layer",
+        "",
+        f"protocol: {json.dumps({k: v for k, v in res.protocol.items() if k != 'provenance'})}",
+        "",
+        res.table(),
+        "",
+        "best layer (cosine): "
+        + ", ".join(
+            f"{v} {res.best_layer[v]} ({100 * res.best_accuracy[v]:.1f}%)" for v in res.variants
+        ),
+        "layer chosen on the fit split (cosine), its dev accuracy: "
+        + ", ".join(
+            f"{v} {res.selected_layer[v]} ({100 * res.selected_accuracy[v]:.1f}%)"
+            for v in res.variants
+        ),
+    ]
+    if res.probe_accuracy is not None and res.best_probe_layer is not None:
+        summary.append(
+            "best layer (probe): "
+            + ", ".join(
+                f"{v} {res.best_probe_layer[v]} ({100 * max(res.probe_accuracy[v]):.1f}%)"
+                for v in res.variants
+            )
+        )
+    return "\n".join(summary) + "\n"
+
+
+def write_study(key: str, name: str, res: WiCResult) -> None:
+    """Write ``wic_{key}.json`` / ``.md`` atomically and redraw both plots when the other
+    model's JSON is there too."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(RESULTS / f"wic_{key}.json", json.dumps(res.to_dict(), indent=1))
+    atomic_write_text(RESULTS / f"wic_{key}.md", study_summary(name, res))
+    paths = {k: RESULTS / f"wic_{k}.json" for k in ("smollm2", "minilm")}
+    if all(p.exists() for p in paths.values()):
+        loaded = {k: WiCResult.from_dict(json.loads(p.read_text())) for k, p in paths.items()}
+        loaded["smollm2"].plot(loaded["minilm"], path=RESULTS / "wic_layers.png")
+        loaded["smollm2"].plot(
+            loaded["minilm"], readout="probe", path=RESULTS / "wic_layers_probe.png"
+        )
+
+
 def study(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    results: dict[str, WiCResult] = {}
     for key, name in (("smollm2", "smollm2-135m"), ("minilm", "minilm-l6")):
         model = semhooks.load_model(name)
         res = wic_study(model, n_fit=args.n_fit, batch_size=args.batch_size, progress=True)
-        results[key] = res
-        (RESULTS / f"wic_{key}.json").write_text(json.dumps(res.to_dict(), indent=1))
-        summary = [
-            f"## {name}: WiC dev accuracy (%) by layer",
-            "",
-            f"protocol: {json.dumps({k: v for k, v in res.protocol.items() if k != 'provenance'})}",
-            "",
-            res.table(),
-            "",
-            "best layer (cosine): "
-            + ", ".join(
-                f"{v} {res.best_layer[v]} ({100 * res.best_accuracy[v]:.1f}%)" for v in res.variants
-            ),
-        ]
-        if res.probe_accuracy is not None and res.best_probe_layer is not None:
-            summary.append(
-                "best layer (probe): "
-                + ", ".join(
-                    f"{v} {res.best_probe_layer[v]} ({100 * max(res.probe_accuracy[v]):.1f}%)"
-                    for v in res.variants
-                )
-            )
-        (RESULTS / f"wic_{key}.md").write_text("\n".join(summary) + "\n")
-        print("\n".join(summary), flush=True)
+        write_study(key, name, res)
+        print(study_summary(name, res), flush=True)
         del model
-    results["smollm2"].plot(results["minilm"], path=RESULTS / "wic_layers.png")
-    results["smollm2"].plot(
-        results["minilm"], readout="probe", path=RESULTS / "wic_layers_probe.png"
-    )
 
 
 def main() -> None:

@@ -25,6 +25,7 @@ import torch
 
 import semhooks
 from semhooks.data.loaders import TextClassificationDataset, load_sentiment, load_sst2
+from semhooks.io.artifacts import atomic_write_text
 from semhooks.studies.probing import PoolingResult, pooling_study
 
 RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results"
@@ -67,6 +68,17 @@ def describe(res: PoolingResult, title: str) -> str:
     return "\n".join(lines)
 
 
+def write_result(key: str, study: str, name: str, res: PoolingResult) -> str:
+    """Write ``pooling_{key}_{study}.json`` / ``.md`` / ``.png`` atomically; returns the text."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stem = RESULTS / f"pooling_{key}_{study}"
+    atomic_write_text(stem.with_suffix(".json"), json.dumps(res.to_dict(), indent=1))
+    text = describe(res, f"{name}: pooling study '{study}'")
+    atomic_write_text(stem.with_suffix(".md"), text)
+    res.plot(path=stem.with_suffix(".png"))
+    return text
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
@@ -76,7 +88,6 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    RESULTS.mkdir(parents=True, exist_ok=True)
     for key in args.models:
         name, layers = MODELS[key]
         model = semhooks.load_model(name)
@@ -103,12 +114,7 @@ def main() -> None:
                     batch_size=args.batch_size,
                     progress=True,
                 )
-            stem = RESULTS / f"pooling_{key}_{study}"
-            stem.with_suffix(".json").write_text(json.dumps(res.to_dict(), indent=1))
-            text = describe(res, f"{name}: pooling study '{study}'")
-            stem.with_suffix(".md").write_text(text)
-            res.plot(path=stem.with_suffix(".png"))
-            print(text, flush=True)
+            print(write_result(key, study, name, res), flush=True)
             print(f"[{key}/{study}] {time.perf_counter() - t0:.0f} s", flush=True)
         del model
 

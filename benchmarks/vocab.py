@@ -38,6 +38,8 @@ import torch
 
 import semhooks
 from semhooks.data.loaders import TextClassificationDataset, load_sentiment, load_sst2
+from semhooks.io.artifacts import atomic_write_text
+from semhooks.plots import save_figure
 from semhooks.studies.calibration import (
     CalibrationResult,
     calibration_study,
@@ -196,9 +198,9 @@ def write_results(
     fig = plot_results(results)
     labels = [f"{r.dataset}\nL{r.layer}" for r in results]
     fig.axes[1].set_xticklabels(labels, fontsize=8)
-    fig.savefig(RESULTS / "vocab_calibration.png", dpi=130)
+    save_figure(fig, RESULTS / "vocab_calibration.png", dpi=130)
     data = {"results": [r.to_dict() for r in results]}
-    (RESULTS / "vocab_study.json").write_text(json.dumps(data, indent=2, default=str))
+    atomic_write_text(RESULTS / "vocab_study.json", json.dumps(data, indent=2, default=str))
     methods = results[0].methods
     parts = [
         "# Vocabulary-defined semantics on SmolLM2-135M-Instruct",
@@ -246,7 +248,7 @@ def write_results(
     ]
     if bench:
         parts += ["## Benchmark (`python benchmarks/vocab.py`)", "", "```", bench, "```", ""]
-    (RESULTS / "vocab.md").write_text("\n".join(parts))
+    atomic_write_text(RESULTS / "vocab.md", "\n".join(parts))
 
 
 def main() -> None:
