@@ -13,6 +13,9 @@ depend on the machine's load); accuracies do not.
                                                                      # a check, never written
     python benchmarks/figures.py vocab [--datasets amazon_cells imdb yelp uci-domain] [--write]
     python benchmarks/figures.py steering [--write]                 # concept-steering recipe
+    python benchmarks/figures.py direction                          # README steering table
+    python benchmarks/figures.py basis                              # basis report, lens (vocab.md)
+    python benchmarks/figures.py relations [--write]                # relation-concepts recipe
 
 Every subcommand takes ``--threads`` (default 1: the machine is shared).
 """
@@ -198,6 +201,67 @@ def vocab(args: argparse.Namespace) -> None:
         print("wrote vocab_study.json, vocab.md, vocab_calibration.png")
 
 
+def basis(args: argparse.Namespace) -> None:
+    """Semantic-basis report and vocabulary-lens example of ``vocab.md`` (no data split)."""
+    from semhooks.studies.vocab import basis_report, vocab_lens
+
+    model = semhooks.load_model("smollm2-135m")
+    md = (RESULTS / "vocab.md").read_text()
+    old_report = _between(md, "`center_unembed`\n\n", "\n\nSelf-consistency: fraction")
+    old_lens = _between(md, "## Vocabulary lens example\n\n", "\n\n![vocabulary lens]")
+    report = basis_report(model, progress=False).table()
+    lens = vocab_lens(
+        model,
+        ["The capital of France is", "Review: a gorgeous, witty, seductive movie.\nSentiment:"],
+        layers=[0, 5, 10, 15, 20, 23, 25, 27, 29],
+        top_k=5,
+    )
+    lens_md = lens.table(0, top=3) + "\n\n" + lens.table(1, top=3)
+    agree = ", ".join(
+        f"{la}: {a:.2f}" for la, a in zip(lens.layers, lens.agreement().tolist(), strict=True)
+    )
+    lens_md += f"\n\nTop-1 agreement, semantic vs logit lens, per layer: {agree}"
+    for title, before, now in (("basis report", old_report, report), ("lens", old_lens, lens_md)):
+        print(f"## {title}: {'identical' if before == now else 'DIFFERENT'}")
+        if before != now:
+            print("### stored\n" + before + "\n### now\n" + now)
+
+
+def relations(args: argparse.Namespace) -> None:
+    """The ``relation-concepts`` recipe with the stored config (relation_concepts_metrics.json)."""
+    from recipes.cli import main as cli
+
+    path = RESULTS / "relation_concepts_metrics.json"
+    old = json.loads(path.read_text())
+    sets: list[str] = []
+    for key, value in old["config"].items():
+        if key in ("model", "progress"):
+            continue
+        if isinstance(value, list):
+            text = ",".join(value)
+        else:
+            text = value if isinstance(value, str) else json.dumps(value)
+        sets += ["--set", f"{key}={text}"]
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "run"
+        code = cli(
+            ["run", "relation-concepts", "--out", str(out), "--set", "progress=false", *sets]
+        )
+        if code != 0:
+            raise SystemExit(f"relation-concepts exited with {code}")
+        new = json.loads((out / "metrics.json").read_text())
+        o, n = old["metrics"]["summary"], new["metrics"]["summary"]
+        changed = {k: (o.get(k), v) for k, v in n.items() if o.get(k) != v}
+        print(f"summary keys: {len(n)}, changed: {len(changed)}")
+        for k, (before, now) in sorted(changed.items()):
+            print(f"  {k}: {before} -> {now}")
+        print("### stored tables\n" + "\n".join(old["metrics"]["tables"]))
+        print("### new tables\n" + "\n".join(new["metrics"]["tables"]))
+        if args.write:
+            atomic_write_bytes(path, (out / "metrics.json").read_bytes())
+            print(f"wrote {path}")
+
+
 # ---------------------------------------------------------------------- steering
 def _curve_values(metrics: dict[str, Any]) -> dict[str, list[float]]:
     curve = metrics["metrics"]["curve"]
@@ -241,6 +305,56 @@ def steering(args: argparse.Namespace) -> None:
             print(f"wrote {path}; figures of the run: {[p.name for p in out.glob('*.png')]}")
 
 
+# ---------------------------------------------------------------------- direction
+# The README's table "Steering along a direction from data" (asserted in tests/test_steering.py)
+README_STEERING = {
+    "prob": [0.0045, 0.0245, 0.0009],
+    "logit_diff": [-1.26, 1.38, -3.49],
+    "control_logit_diff": [-0.80, -1.48],
+    "control_max_change": [0.46, 0.49, 0.30],
+}
+
+
+def direction(args: argparse.Namespace) -> None:
+    """README steering table: mean-difference direction at layer 10 vs a random control."""
+    import importlib.util
+
+    from semhooks.estimators.directions import MeanDifference
+    from semhooks.interventions import Steer
+    from semhooks.studies.steering import steering_curve
+
+    spec = importlib.util.spec_from_file_location(
+        "steering_texts", RESULTS.parents[1] / "tests" / "test_steering.py"
+    )
+    assert spec is not None and spec.loader is not None
+    texts = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(texts)
+    model = semhooks.load_model("smollm2-135m")
+    layer = 10
+    states = semhooks.extract_states(
+        model, texts.POSITIVE + texts.NEGATIVE, layers=[layer], tokens="all", progress=False
+    )
+    d = MeanDifference(layer=layer).fit(states, [1] * 6 + [0] * 6)
+    ctrl_changes = []
+    for seed in (0, 1, 2):
+        curve = steering_curve(
+            model, texts.NEUTRAL, Steer(d, layers=layer), [-1.0, 1.0], texts.BAD,
+            contrast_tokens=texts.GOOD, seed=seed,
+        )  # fmt: skip
+        ctrl_changes.append(curve.effect("logit_diff")[1])
+        if seed == 0:
+            first = curve
+    new = {
+        "prob": [first.baseline_prob, *first.prob],
+        "logit_diff": [first.baseline_logit_diff, *first.logit_diff],
+        "control_logit_diff": list(first.control_logit_diff),
+        "control_max_change": ctrl_changes,
+    }
+    for key, old in README_STEERING.items():
+        got = ", ".join(f"{float(x):.4g}" for x in new[key])
+        print(f"{key}: README {old}, now [{got}]")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="figure", required=True)
@@ -257,13 +371,22 @@ def main(argv: Sequence[str] | None = None) -> None:
         default=["amazon_cells", "imdb", "yelp", "uci-domain"],
     )  # fmt: skip
     sub.add_parser("steering", help=steering.__doc__)
-    for p in (p_wic, p_pool, p_vocab, sub.choices["steering"]):
+    sub.add_parser("direction", help=direction.__doc__)
+    sub.add_parser("basis", help=basis.__doc__)
+    for p in (
+        p_wic,
+        p_pool,
+        p_vocab,
+        *(sub.choices[k] for k in ("steering", "direction", "basis")),
+    ):
         p.add_argument("--threads", type=int, default=1)
         p.add_argument("--write", action="store_true", help="replace the stored files")
         p.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    {"wic": wic, "pooling": pooling, "vocab": vocab, "steering": steering}[args.figure](args)
+    jobs = {"wic": wic, "pooling": pooling, "vocab": vocab, "steering": steering}
+    jobs["direction"], jobs["basis"], jobs["relations"] = direction, basis, relations
+    jobs[args.figure](args)
 
 
 if __name__ == "__main__":
