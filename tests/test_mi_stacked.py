@@ -31,19 +31,20 @@ def _pairs(n: int = 240, d: int = 3) -> list[tuple[np.ndarray, np.ndarray]]:
 
 SETTINGS = {
     "default dropout and EMA": {},
-    "two layers, decay, no EMA, no dropout": {
-        "n_layers": 2, "weight_decay": 0.01, "ema_rate": None, "dropout": 0.0,
-    },
+    "two layers, weight decay": {"n_layers": 2, "weight_decay": 0.01},
+    "no EMA, no dropout": {"ema_rate": None, "dropout": 0.0},
     "no patience, odd max_steps": {"patience": None, "max_steps": 47},
 }  # fmt: skip
 
 
 @pytest.mark.parametrize("extra", list(SETTINGS.values()), ids=list(SETTINGS))
 def test_stacked_fits_equal_separate_fits(extra):
-    est = MINE(
-        hidden=16, batch_size=64, max_steps=150, eval_every=10, eval_window=3, patience=3,
-        seed=4, **extra,
-    )  # fmt: skip
+    # lr 1e-2: the critics stop at 40, 120 and 150 steps (independent, weak, strong pairs).
+    # The two paths agree to ~1e-6 bits here; all four options at once with lr 1e-2 make the
+    # training chaotic enough to amplify rounding to 1e-3 bits by step 100, in either path.
+    settings = {"hidden": 16, "batch_size": 64, "max_steps": 150, "eval_every": 10,
+                "eval_window": 3, "patience": 3, "lr": 1e-2, "seed": 4}  # fmt: skip
+    est = MINE(**{**settings, **extra})
     pairs = _pairs()
     stacked = fit_stacked(est, pairs)
     separate = [clone(est).fit(x, y) for x, y in pairs]
@@ -54,7 +55,12 @@ def test_stacked_fits_equal_separate_fits(extra):
         assert a.mi_ == pytest.approx(b.mi_, abs=1e-4)
         assert a.mi_std_ == pytest.approx(b.mi_std_, abs=1e-4)
         assert a.ceiling_bits_ == b.ceiling_bits_ and a.n_features_in_ == b.n_features_in_
-        for pa, pb in zip(a.critic_.parameters(), b.critic_.parameters(), strict=True):
+        params = list(zip(a.critic_.parameters(), b.critic_.parameters(), strict=True))
+        if est.ema_rate is None:
+            # without the EMA the DV loss ignores a constant shift of T: the output bias gets
+            # a zero gradient up to rounding, which Adam's normalisation turns into full steps
+            params = params[:-1]
+        for pa, pb in params:
             torch.testing.assert_close(pa, pb, atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(a.x_scale_, b.x_scale_)
         x, y = pairs[0]
