@@ -217,6 +217,32 @@ def test_information_emergence_with_few_mine_steps(llama_pairs):
     assert res.protocol["n_fits"] == 2 * (2 + 3)
 
 
+@pytest.mark.backend
+def test_mine_cells_train_stacked_and_equal_one_fit_per_cell(llama_pairs, monkeypatch):
+    """The fast path (every MINE cell of a shape in one stacked fit) is taken by default,
+    and gives what one fit per cell gives."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        one_by_one = estimate_emergence(
+            llama_pairs, MINE_FEW_STEPS, reduce_dim=3, stack_size=1, progress=False
+        )
+        # a separate fit would fail now: the default must not make any
+        monkeypatch.setattr(MINE, "fit", lambda *a, **k: pytest.fail("a separate MINE fit ran"))
+        stacked = estimate_emergence(llama_pairs, MINE_FEW_STEPS, reduce_dim=3, progress=False)
+    assert one_by_one.protocol["fit_path"] == "one fit per cell"
+    assert stacked.protocol["fit_path"].startswith("stacked")
+    np.testing.assert_allclose(stacked.mi_macro, one_by_one.mi_macro, atol=1e-4)
+    np.testing.assert_allclose(stacked.mi_micro_token, one_by_one.mi_micro_token, atol=1e-4)
+    np.testing.assert_allclose(stacked.ie[:, 0], 0.0, atol=1e-6)  # t = 1: same data, same draws
+    assert stacked.protocol["n_fits"] == one_by_one.protocol["n_fits"]
+
+
+def test_a_named_mine_estimator_is_stacked():
+    from semhooks.estimators.mi import can_stack
+
+    assert can_stack(make_estimator("mine")) and not can_stack(make_estimator("infonce"))
+
+
 @pytest.mark.slow
 def test_two_worker_processes_give_the_serial_result(llama_pairs):
     with warnings.catch_warnings():

@@ -161,6 +161,9 @@ def test_quickstart_on_smollm2(tmp_path, smollm2):
     # than a random direction of equal norm does
     push, control = summary["steering.logit_diff_push"], summary["steering.control_logit_diff_push"]
     assert push > 1.0 and push > 2 * abs(control), (push, control)  # measured 3.62 vs 1.27
+    # the documented fast path of the emergence step: its MINE fits train stacked
+    emergence = json.loads((tmp_path / "qs" / "artifacts" / "emergence.json").read_text())
+    assert emergence["protocol"]["fit_path"].startswith("stacked"), emergence["protocol"]
 
 
 def test_resumed_run_gives_the_same_metrics(tmp_path):
@@ -388,6 +391,15 @@ def test_concept_steering_report_states_the_intervention_scale(tmp_path):
     assert "h <- h + alpha v at `blocks.1.hook_resid_post`" in report
     assert "of the residual norm" in report
     assert "Steering at layer 1 (resid_post, all positions)" in report  # the figure caption
+
+
+def test_quickstart_emergence_step_takes_the_stacked_mine_path():
+    from recipes.quickstart import QuickstartConfig, _steps
+    from semhooks.estimators.mi import can_stack
+    from semhooks.studies.emergence import make_estimator
+
+    emergence = next(c for step, _, c in _steps(QuickstartConfig()) if step == "emergence")
+    assert can_stack(make_estimator(emergence.estimator))
 
 
 def test_quickstart_title_promises_no_duration():

@@ -39,7 +39,8 @@ Pitfalls the estimators surface rather than hide:
 estimator's error on them.
 
 The package: :mod:`.base` (input checks, the estimator base), :mod:`.neural` (the shared
-training loop), :mod:`.mine`, :mod:`.infonce`, :mod:`.gaussian`, :mod:`.validation`. It
+training loop), :mod:`.mine`, :mod:`.stacked` (many MINE fits of equal shapes trained as one
+stacked model: ``fit_stacked``), :mod:`.infonce`, :mod:`.gaussian`, :mod:`.validation`. It
 imports nothing else from semhooks.
 """
 
@@ -47,6 +48,7 @@ from semhooks.estimators.mi.base import MIEstimator, NotFittedError
 from semhooks.estimators.mi.gaussian import GaussianMI
 from semhooks.estimators.mi.infonce import InfoNCE
 from semhooks.estimators.mi.mine import MINE
+from semhooks.estimators.mi.stacked import can_stack, fit_stacked
 from semhooks.estimators.mi.validation import (
     ValidationRow,
     correlated_gaussians,
@@ -61,7 +63,9 @@ __all__ = [
     "MIEstimator",
     "NotFittedError",
     "ValidationRow",
+    "can_stack",
     "correlated_gaussians",
+    "fit_stacked",
     "validate_estimator",
     "validation_table_markdown",
 ]

@@ -17,7 +17,7 @@ from sklearn.base import clone
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from semhooks.estimators.mi import MINE, GaussianMI, InfoNCE
+from semhooks.estimators.mi import MINE, GaussianMI, InfoNCE, can_stack, fit_stacked
 from semhooks.studies.emergence.inputs import EntityLists
 from semhooks.studies.emergence.pairs import EmergencePairs, collect_pairs
 from semhooks.studies.emergence.result import EmergenceResult
@@ -167,6 +167,7 @@ def estimate_emergence(
     reduce_dim: int | None = 32,
     pca_standardize: bool = True,
     n_jobs: int = 1,
+    stack_size: int = 64,
     warn_fraction: float = 0.9,
     seed: int = 0,
     progress: bool = True,
@@ -184,6 +185,11 @@ def estimate_emergence(
         pca_standardize: z-score each feature before the PCA (keeps a few large-magnitude
             residual dimensions from taking every component).
         n_jobs: MI fits run in this many worker processes (joblib; each fit single-threaded).
+        stack_size: with ``n_jobs=1`` and a :class:`~semhooks.estimators.mi.MINE`, up to
+            this many cells of equal shapes train together as one stacked model
+            (:func:`~semhooks.estimators.mi.fit_stacked`: the same draws, steps and early
+            stopping as separate fits, equal up to rounding, several times faster on CPU);
+            1 fits one cell at a time. ``protocol["fit_path"]`` says which ran.
         warn_fraction: warn when an estimate exceeds this fraction of its ceiling.
         seed: seed for a named estimator (an instance keeps its own ``seed``).
         progress: tqdm bar over cells.
@@ -201,6 +207,8 @@ def estimate_emergence(
         raise ValueError(f"reduce_dim must be >= 1 or None, got {reduce_dim}")
     if not 0 < warn_fraction <= 1:
         raise ValueError(f"warn_fraction must be in (0, 1], got {warn_fraction}")
+    if stack_size < 1:
+        raise ValueError(f"stack_size must be >= 1, got {stack_size}")
     n = pairs.n_items
     layers, positions, n_slots = pairs.layers, pairs.positions, pairs.n_slots
     n_l, n_t = len(layers), len(positions)
@@ -282,10 +290,47 @@ def estimate_emergence(
 
     bar = tqdm(total=len(to_fit), desc="emergence: MI fits", disable=not progress, unit="fit")
     t_fit = time.perf_counter()
-    if n_jobs == 1:
+    stacked = n_jobs == 1 and stack_size > 1 and can_stack(est)
+    if stacked:
+        groups: dict[tuple[tuple[int, ...], tuple[int, ...]], list[_Task]] = {}
+        for task in to_fit:
+            groups.setdefault((task.x.shape, task.y.shape), []).append(task)
+        chunks = [
+            group[i : i + stack_size]
+            for group in groups.values()
+            for i in range(0, len(group), stack_size)
+        ]
+        for chunk in chunks:
+            t0, c0 = time.perf_counter(), time.process_time()
+            try:
+                fits = fit_stacked(est, [(task.x, task.y) for task in chunk])
+            except ValueError:
+                # a pair the estimator refuses: separate fits name the cell in the error
+                for task in chunk:
+                    try:
+                        out: Any = _fit_cell(est, task.x, task.y)
+                    except (ValueError, torch.linalg.LinAlgError) as exc:
+                        out = exc
+                    handle(task, out)
+                    bar.update()
+                continue
+            dt, dc = time.perf_counter() - t0, time.process_time() - c0
+            for task, f in zip(chunk, fits, strict=True):
+                handle(
+                    task,
+                    {
+                        "mi": f.mi_,
+                        "std": f.mi_std_,
+                        "ceiling": f.ceiling_bits_,
+                        "seconds": dt / len(chunk),
+                        "cpu_seconds": dc / len(chunk),
+                    },
+                )
+            bar.update(len(chunk))
+    elif n_jobs == 1:
         for task in to_fit:
             try:
-                out: Any = _fit_cell(est, task.x, task.y)
+                out = _fit_cell(est, task.x, task.y)
             except (ValueError, torch.linalg.LinAlgError) as exc:
                 out = exc
             handle(task, out)
@@ -344,6 +389,11 @@ def estimate_emergence(
             "fit_wall_seconds": wall,
             "pca_seconds": pca_seconds,
             "n_jobs": n_jobs,
+            "fit_path": (
+                f"stacked (fit_stacked, up to {stack_size} cells at once)"
+                if stacked
+                else "one fit per cell"
+            ),
             "warn_fraction": warn_fraction,
             "micro_mean": "plain mean over content tokens 1..t (BOS excluded)",
         },
@@ -364,6 +414,7 @@ def information_emergence(
     pca_standardize: bool = True,
     batch_size: int = 64,
     n_jobs: int = 1,
+    stack_size: int = 64,
     warn_fraction: float = 0.9,
     seed: int = 0,
     progress: bool = True,
@@ -389,6 +440,7 @@ def information_emergence(
         reduce_dim=reduce_dim,
         pca_standardize=pca_standardize,
         n_jobs=n_jobs,
+        stack_size=stack_size,
         warn_fraction=warn_fraction,
         seed=seed,
         progress=progress,
