@@ -58,7 +58,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     from semhooks import adapt, load_model
-    from semhooks.interventions import Steer, Swap, intervene
+    from semhooks.interventions import Steer, Swap, batch_context, intervene
 
     model = load_model("smollm2-135m", device=args.device)
     adapter = adapt(model)
@@ -114,7 +114,8 @@ def main() -> None:
     print(f"{'hooks alone':32s} {'ms/call':>10s} {'x calls / bare':>15s}")
     micro_ratio = {}
     for name, (iv, calls) in micro.items():
-        with torch.inference_mode():
+        # a bare call has no forward to read the mask from: positions="last" needs it told
+        with torch.inference_mode(), batch_context(attention_mask=full.attention_mask):
             for _ in range(3):
                 iv(act, None)
             sync()
