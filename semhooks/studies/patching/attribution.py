@@ -45,11 +45,11 @@ from semhooks.studies.patching.engine import (
     Mode,
     PatchingSetup,
     attention_hook,
+    evaluate,
     hook_name,
     label_index,
     prepare,
     resolve_grid,
-    run_metric,
 )
 from semhooks.studies.patching.qk import corrected_effects
 from semhooks.studies.patching.result import PatchingResult, normalised
@@ -106,7 +106,7 @@ def _receiver_deltas(
     pairs = torch.arange(setup.n_pairs)
     out: dict[Key, Tensor] = {}
     with torch.enable_grad():
-        value = run_metric(setup, setup.receiver, pairs, hooks, grad=True)
+        value, _ = evaluate(setup, setup.receiver, pairs, hooks, grad=True)
         grads = torch.autograd.grad(
             value.sum(), [acts[n] for n in wanted], allow_unused=True, retain_graph=bool(layers)
         )

@@ -226,20 +226,6 @@ def prepare(
     return setup
 
 
-def run_metric(
-    setup: PatchingSetup,
-    batch: Tokenized,
-    pairs: Int[Tensor, " row"],
-    fwd_hooks: list[tuple[str, Any]],
-    *,
-    grad: bool = False,
-    repeat: int = 1,
-) -> Float[Tensor, " row"]:
-    """The metric on ``batch`` repeated ``repeat`` times, under ``fwd_hooks``: the forward
-    stops after the last block; the unembedding reads each row's last token only."""
-    return evaluate(setup, batch, pairs, fwd_hooks, grad=grad, repeat=repeat)[0]
-
-
 def _keep(key: Any, acts: Tensor) -> Tensor:
     return acts.clone()
 
@@ -254,8 +240,10 @@ def evaluate(
     repeat: int = 1,
     reads: Mapping[K, str] | None = None,
 ) -> tuple[Float[Tensor, " row"], dict[K, Tensor]]:
-    """:func:`run_metric`, and the activations ``{key: [row, pos, ...]}`` at ``reads``
-    (``{key: hook name}``, seen after ``fwd_hooks``) from the same forward.
+    """The metric on ``batch`` repeated ``repeat`` times, under ``fwd_hooks``, and the
+    activations ``{key: [row, pos, ...]}`` at ``reads`` (``{key: hook name}``, seen after
+    ``fwd_hooks``) from the same forward: the forward stops after the last block; the
+    unembedding reads each row's last token only.
 
     One pass of :func:`~semhooks.extraction.reader.read`: without ``grad`` the logits come
     from :meth:`~semhooks.backend.adapter.ModelAdapter.logits_at` (last token of each row);
@@ -353,7 +341,7 @@ def run_cells(
     """The patched metric of every pair under each cell, all cells in one forward."""
     n = setup.n_pairs
     pairs = torch.arange(n).repeat(len(cells))
-    values = run_metric(
+    values, _ = evaluate(
         setup, setup.receiver, pairs, cell_hooks(setup, cells, edit), repeat=len(cells)
     )
     return values.view(len(cells), n).T
