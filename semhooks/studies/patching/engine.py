@@ -263,7 +263,7 @@ def evaluate(
         def take(key: Any, acts: Tensor) -> Tensor:
             if key is final:
                 return acts[torch.arange(acts.shape[0], device=acts.device), last.to(acts.device)]
-            return acts.clone()
+            return _keep(key, acts)
 
         out = read(adapter, batch_r, sites, take, grad=True, edits=fwd_hooks)
         values = dict(out.values)
