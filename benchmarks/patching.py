@@ -124,7 +124,7 @@ def main() -> None:
     setup = prepare(model, clean, corrupt, metric, hooks=[("resid_pre", x) for x in layers])
     positions = setup.labels(None) + ["span"]
     kw["positions"] = positions
-    cells = plan_cells(["resid_pre"], layers, positions, 0)
+    cells = plan_cells(["resid_pre"], layers, positions, {})
     n_loop = args.loop_cells or (6 if args.quick else len(cells))
     sample = random.Random(0).sample(cells, min(n_loop, len(cells)))
     names = {x: adapter.hook_name("resid_pre", x) for x in layers}

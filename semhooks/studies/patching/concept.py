@@ -168,7 +168,7 @@ def concept_patching(
         hooks=[(site, layer) for layer in layer_list],
     )  # fmt: skip
     labels = setup.labels(positions)
-    cells = plan_cells(sites, layer_list, labels, 0)
+    cells = plan_cells(sites, layer_list, labels, {})
     parts = {}
     for name, edit in edits.items():
         stream = iter_activation_patching(

@@ -93,18 +93,17 @@ def plan_cells(
     sites: Sequence[str],
     layers: Sequence[int],
     labels: Sequence[str],
-    n_heads: Mapping[str, int] | int,
+    n_heads: Mapping[str, int],
 ) -> list[Cell]:
     """Every cell of the grid, site-major, then layer, position, head. ``n_heads``: heads
-    per per-head site (:func:`~semhooks.studies.patching.engine.check_heads`), or one count
-    for every per-head site."""
+    per per-head site (:func:`~semhooks.studies.patching.engine.check_heads`; ``{}`` when
+    ``sites`` has none)."""
     cells: list[Cell] = []
     for s in sites:
         for layer in layers:
             for lab in labels:
                 if s in HEAD_SITES:
-                    count = n_heads if isinstance(n_heads, int) else n_heads[s]
-                    cells.extend(Cell(s, layer, lab, h) for h in range(count))
+                    cells.extend(Cell(s, layer, lab, h) for h in range(n_heads[s]))
                 else:
                     cells.append(Cell(s, layer, lab))
     return cells
