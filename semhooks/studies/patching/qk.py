@@ -40,9 +40,10 @@ def check_pattern(
     scores: Float[Tensor, "pair head query key"],
     pattern: Float[Tensor, "pair head query key"],
     where: str,
-) -> None:
+) -> Float[Tensor, "pair head query key"]:
     """Refuse a model whose hooked scores do not softmax to its hooked pattern (a bias, a
-    sink or a cap added between the two hooks would make the recomputed pattern wrong)."""
+    sink or a cap added between the two hooks would make the recomputed pattern wrong);
+    return that recomputed pattern (float32, detached)."""
     if scores.shape != pattern.shape or scores.ndim != 4:
         raise PatchingError(
             f"{where}: attention scores {tuple(scores.shape)} and pattern "
@@ -57,6 +58,7 @@ def check_pattern(
             " on this model, so the query/key correction cannot recompute the pattern; pass "
             "qk_correction=False for the plain first-order estimate"
         )
+    return again
 
 
 def _softmax(scores: Tensor) -> Tensor:
@@ -91,7 +93,9 @@ def corrected_effects(
         ``x`` feeds (itself for a query; its group for a grouped key, query head ``h`` reading
         key head ``h // (n_heads / n_kv_heads)`` as in ``repeat_interleave``).
     """
-    check_pattern(scores, pattern, where)
+    # the receiver's pattern recomputed the same way (equal to ``pattern`` to rounding), so
+    # a head the patch does not reach contributes exactly 0
+    a = check_pattern(scores, pattern, where)
     n_pairs, _, x_heads, _ = x.shape
     n_heads = scores.shape[1]
     if n_heads % x_heads:
@@ -101,9 +105,6 @@ def corrected_effects(
     src = source.to(x.device, x.dtype)[index.pair, index.source]
     diff[at] = src - x.detach()[index.pair, index.receiver]
     base = scores.detach().float()
-    # the receiver's pattern recomputed the same way (equal to ``pattern`` to rounding: see
-    # check_pattern), so a head the patch does not reach contributes exactly 0
-    a = _softmax(base)
     g = grad_pattern.detach().float()
     tangent = torch.zeros_like(scores, requires_grad=True)
     # J^T u as a function of u; its gradient against u along diff is J diff (linear in x)
