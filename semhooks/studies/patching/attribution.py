@@ -115,7 +115,7 @@ def _receiver_deltas(
             for n, g in zip(wanted, grads, strict=True)
         }
         for key in corrected:
-            site, layer = key
+            layer = key[1]
             out[key] = corrected_effects(
                 acts[names[key]], acts[scores[layer]], acts[patterns[layer]],
                 by_name[patterns[layer]], setup.sources[key], index,
