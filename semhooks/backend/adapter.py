@@ -114,6 +114,7 @@ class ModelAdapter:
         from semhooks.backend.hooked import is_hooked_transformer
 
         self.backend: str = "hooked" if is_hooked_transformer(model) else "bridge"
+        self._output_transform = limits.output_transform(model, self.backend)
         cfg = model.cfg
         self.n_layers: int = int(cfg.n_layers)
         self.d_model: int = int(cfg.d_model)
@@ -470,8 +471,10 @@ class ModelAdapter:
 
     def unembed(self, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... vocab"]:
         """Logits from residual states: final norm, the model's own unembedding head, then the
-        bridge's post-unembedding transform (Gemma 2's final logit soft cap) where it has one."""
-        return limits.output_transform(self.model, self.model.unembed(self.final_norm(x)))
+        model's post-unembedding transform (Gemma 2's final logit soft cap) where it has one."""
+        logits = self.model.unembed(self.final_norm(x))
+        transform = self._output_transform
+        return logits if transform is None else transform(logits)
 
     def logit_lens_top(
         self, states: Float[Tensor, "n d_model"], top_k: int

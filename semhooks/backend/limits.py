@@ -7,6 +7,7 @@ the model, its ``model_type`` and the feature, and says what to use instead.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -52,17 +53,17 @@ def check_dtype(adapter: Any) -> None:
         )
 
 
-def output_transform(model: Any, logits: Tensor) -> Tensor:
-    """The post-unembedding transform: Gemma 2's ``cap * tanh(logits / cap)`` (the bridge's
-    own transform, or a HookedTransformer's ``cfg.output_logits_soft_cap``), Cohere's logit
-    scale (identity where the architecture has none). Without it the readout of a
-    soft-capped model is not its logits."""
+def output_transform(model: Any, backend: str) -> Callable[[Tensor], Tensor] | None:
+    """The post-unembedding transform of ``model`` (``backend``: ``"bridge"`` or
+    ``"hooked"``), or ``None`` where it has none: Gemma 2's ``cap * tanh(logits / cap)`` (the
+    bridge's own transform, or a HookedTransformer's ``cfg.output_logits_soft_cap``, which
+    TransformerLens applies in ``forward`` after ``unembed``), Cohere's logit scale. Without
+    it the readout of a soft-capped model is not its logits. Resolved once per model by
+    :class:`~semhooks.backend.adapter.ModelAdapter`, not on every readout."""
     transform = getattr(getattr(model, "adapter", None), "apply_output_logits_transform", None)
     if callable(transform):
-        return transform(logits)  # type: ignore[no-any-return]
-    from semhooks.backend.hooked import is_hooked_transformer
-
+        return transform  # type: ignore[no-any-return]
     cap = getattr(getattr(model, "cfg", None), "output_logits_soft_cap", None)
-    if is_hooked_transformer(model) and isinstance(cap, (int, float)) and cap > 0:
-        return cap * torch.tanh(logits / cap)
-    return logits
+    if backend == "hooked" and isinstance(cap, (int, float)) and cap > 0:
+        return lambda logits: cap * torch.tanh(logits / cap)
+    return None
