@@ -199,10 +199,15 @@ def _window(c: Any, layer_types: list[str] | None = None) -> dict[str, Any]:
     return {"use_local_attn": True, "window_size": int(window), "attn_types": attn_types}
 
 
+def _silu_gated(c: Any, always_group: bool = False) -> dict[str, Any]:
+    """:func:`_rms_gated` with Llama's SiLU activation (``hidden_act``)."""
+    return {**_rms_gated(c, always_group), "act_fn": _act(c, ("silu", "swish"), "hidden_act")}
+
+
 # ---------------------------------------------------------------------- per architecture
 def _llama(c: Any, always_group: bool = False) -> dict[str, Any]:
     _no_bias(c)
-    return {**_rms_gated(c, always_group), "act_fn": _act(c, ("silu", "swish"), "hidden_act")}
+    return _silu_gated(c, always_group)
 
 
 def _mistral(c: Any) -> dict[str, Any]:
@@ -222,8 +227,7 @@ def _mixtral(c: Any) -> dict[str, Any]:
 def _qwen2(c: Any) -> dict[str, Any]:
     # QKV biases: convert_qwen2_weights carries them.
     return {
-        **_rms_gated(c, always_group=c.model_type == "qwen2"),
-        "act_fn": _act(c, ("silu", "swish"), "hidden_act"),
+        **_silu_gated(c, always_group=c.model_type == "qwen2"),
         **(_window(c) if getattr(c, "use_sliding_window", False) else {}),
     }
 
@@ -288,8 +292,7 @@ def _olmo(c: Any) -> dict[str, Any]:
             "TransformerLens' OLMo conversion lacks (OLMo-1 checkpoints have none)",
         )
     return {
-        **_rms_gated(c),
-        "act_fn": _act(c, ("silu", "swish"), "hidden_act"),
+        **_silu_gated(c),
         # OLMo-1's LayerNorm has no parameters: convert_olmo_weights writes ones and zeros.
         "normalization_type": "LN",
         "final_rms": False,
