@@ -36,6 +36,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
+from semhooks.backend.hooked_configs import hooked_arch
+
 if TYPE_CHECKING:  # pragma: no cover - import only for type checkers
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
@@ -162,8 +164,6 @@ def hooked_config_from_hf(
         NotImplementedError: a rotary scaling type other than default or llama3.
     """
     _, HookedTransformerConfig = _import_hooked()
-    from semhooks.backend.hooked_configs import hooked_arch
-
     c = hf_config
     arch = hooked_arch(c)
     fields = arch.fields(c)
@@ -333,8 +333,6 @@ def hooked_transformer_from_hf(
             "dequantized (e.g. from_pretrained without a bitsandbytes quantization_config)"
         )
     check_n_devices(n_devices, device)
-    from semhooks.backend.hooked_configs import hooked_arch
-
     arch = hooked_arch(config)
     cfg = hooked_config_from_hf(
         config,
