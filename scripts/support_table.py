@@ -165,6 +165,13 @@ def current_block(readme: str) -> str:
     return readme.split(START, 1)[1].split(END, 1)[0].strip("\n")
 
 
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file (a reader never sees half)."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", default=str(ROOT / "build" / "conformance.json"))
@@ -188,9 +195,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{args.results} has no hooked cells (run it under TransformerLens 3.x)")
             return 1
         out = Path(args.hooked)
-        tmp = out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(hooked_part(payload), indent=1) + "\n", encoding="utf-8")
-        tmp.replace(out)
+        write_atomic(out, json.dumps(hooked_part(payload), indent=1) + "\n")
         print(f"wrote the hooked cells of {args.results} to {out}")
         return 0
     payload = merge(payload, load_hooked(Path(args.hooked)))
@@ -202,10 +207,7 @@ def main(argv: list[str] | None = None) -> int:
             print("README.md's support table is stale: run python scripts/support_table.py")
             return 1
         return 0
-    new = replace_block(readme, block)
-    tmp = readme_path.with_suffix(".tmp")
-    tmp.write_text(new, encoding="utf-8")
-    tmp.replace(readme_path)
+    write_atomic(readme_path, replace_block(readme, block))
     print(f"wrote the support table ({len(payload['archs'])} architectures) to {readme_path}")
     return 0
 
