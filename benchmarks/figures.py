@@ -378,11 +378,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     sub.add_parser("steering", help=steering.__doc__)
     sub.add_parser("direction", help=direction.__doc__)
     sub.add_parser("basis", help=basis.__doc__)
+    sub.add_parser("relations", help=relations.__doc__)
     for p in (
         p_wic,
         p_pool,
         p_vocab,
-        *(sub.choices[k] for k in ("steering", "direction", "basis")),
+        *(sub.choices[k] for k in ("steering", "direction", "basis", "relations")),
     ):
         p.add_argument("--threads", type=int, default=1)
         p.add_argument("--write", action="store_true", help="replace the stored files")
