@@ -121,6 +121,8 @@ def fit_stacked(estimator: MINE, pairs: Sequence[tuple[ArrayLike2D, ArrayLike2D]
     eval_seed = int(torch.randint(0, 2**62, (1,), generator=g))
     p_drop, keep_scale = est.dropout, 1.0 - est.dropout
     n_hidden = len(linears) - 1
+    lr = est._lr()
+    decay = 1 - lr * est.weight_decay  # AdamW's decoupled weight decay, per step
 
     def masks(h_shape: tuple[int, int]) -> list[Tensor] | None:
         if p_drop <= 0:
@@ -173,12 +175,12 @@ def fit_stacked(estimator: MINE, pairs: Sequence[tuple[ArrayLike2D, ArrayLike2D]
         loss.sum().backward()  # the critics share no weight: each gets its own gradient
         with torch.no_grad():
             bc1, bc2 = 1 - _BETA1**step, 1 - _BETA2**step
-            step_size, bc2_sqrt = est._lr() / bc1, bc2**0.5
+            step_size, bc2_sqrt = lr / bc1, bc2**0.5
             for p, (m1, m2) in zip(flat, moments, strict=True):
                 grad = p.grad
                 assert grad is not None
                 if est.weight_decay != 0:
-                    p.mul_(1 - est._lr() * est.weight_decay)
+                    p.mul_(decay)
                 m1.lerp_(grad, 1 - _BETA1)
                 m2.mul_(_BETA2).addcmul_(grad, grad, value=1 - _BETA2)
                 denom = (m2.sqrt() / bc2_sqrt).add_(_EPS)
@@ -209,7 +211,8 @@ def fit_stacked(estimator: MINE, pairs: Sequence[tuple[ArrayLike2D, ArrayLike2D]
             continue
         for row in leaving:
             finals[active[row]] = [p.detach()[row].clone() for p in flat]
-        stay = [row for row in range(len(active)) if row not in set(leaving)]
+        left = set(leaving)
+        stay = [row for row in range(len(active)) if row not in left]
         if not stay:
             break
         keep = torch.tensor(stay, device=dev)
