@@ -151,6 +151,13 @@ def _between(text: str, start: str, end: str) -> str:
     return text[i : text.index(end, i)]
 
 
+def _vocab_md_sections(md: str) -> tuple[str, str]:
+    """The semantic-basis report and the vocabulary-lens example as ``vocab.md`` holds them."""
+    report = _between(md, "`center_unembed`\n\n", "\n\nSelf-consistency: fraction")
+    lens = _between(md, "## Vocabulary lens example\n\n", "\n\n![vocabulary lens]")
+    return report, lens
+
+
 def vocab(args: argparse.Namespace) -> None:
     """Semantic calibration table (``vocab_study.json``, ``vocab.md``), chosen datasets."""
     stored = json.loads((RESULTS / "vocab_study.json").read_text())["results"]
@@ -194,8 +201,7 @@ def vocab(args: argparse.Namespace) -> None:
         fresh = {(r.dataset, r.layer): r for r in new}
         merged = [fresh.get(key, res) for key, res in old.items()]
         md = (RESULTS / "vocab.md").read_text()
-        report_md = _between(md, "`center_unembed`\n\n", "\n\nSelf-consistency: fraction")
-        lens_md = _between(md, "## Vocabulary lens example\n\n", "\n\n![vocabulary lens]")
+        report_md, lens_md = _vocab_md_sections(md)
         bench = _between(md, "## Benchmark (`python benchmarks/vocab.py`)\n\n```\n", "\n```")
         bench_vocab.write_results(merged, report_md, lens_md, bench)
         print("wrote vocab_study.json, vocab.md, vocab_calibration.png")
@@ -207,8 +213,7 @@ def basis(args: argparse.Namespace) -> None:
 
     model = semhooks.load_model("smollm2-135m")
     md = (RESULTS / "vocab.md").read_text()
-    old_report = _between(md, "`center_unembed`\n\n", "\n\nSelf-consistency: fraction")
-    old_lens = _between(md, "## Vocabulary lens example\n\n", "\n\n![vocabulary lens]")
+    old_report, old_lens = _vocab_md_sections(md)
     report = basis_report(model, progress=False).table()
     lens = vocab_lens(
         model,
@@ -373,11 +378,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     sub.add_parser("steering", help=steering.__doc__)
     sub.add_parser("direction", help=direction.__doc__)
     sub.add_parser("basis", help=basis.__doc__)
+    sub.add_parser("relations", help=relations.__doc__)
     for p in (
         p_wic,
         p_pool,
         p_vocab,
-        *(sub.choices[k] for k in ("steering", "direction", "basis")),
+        *(sub.choices[k] for k in ("steering", "direction", "basis", "relations")),
     ):
         p.add_argument("--threads", type=int, default=1)
         p.add_argument("--write", action="store_true", help="replace the stored files")

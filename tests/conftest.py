@@ -1,5 +1,6 @@
 """Shared fixtures: tiny models and their adapters, the real offline models (loaded once),
-hook hygiene, a determinism helper (``twice``)."""
+hook hygiene, a determinism helper (``twice``), one torch thread for a module
+(``one_torch_thread``)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,17 @@ def no_hooks_left_behind():
             if hasattr(m, "reset_hooks"):
                 m.reset_hooks()
         pytest.fail(f"hooks left attached after the test: {leaked}")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """torch on one thread for a whole module (``pytestmark =
+    pytest.mark.usefixtures("one_torch_thread")``): the neural MI fits are deterministic for
+    a fixed thread count. The previous count comes back after the module."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="session")

@@ -30,13 +30,7 @@ from semhooks.estimators.mi import (
 N = 4000
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # results of the neural fits are deterministic for a fixed thread count
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 _FITS: dict[tuple[str, int, float], object] = {}

@@ -9,13 +9,7 @@ from sklearn.base import clone
 
 from semhooks.estimators.mi import MINE, InfoNCE, can_stack, correlated_gaussians, fit_stacked
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _pairs(n: int = 240, d: int = 3) -> list[tuple[np.ndarray, np.ndarray]]:

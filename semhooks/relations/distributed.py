@@ -133,14 +133,6 @@ def fit_lre_distributed(lre: Any, model: Any, prompts: Sequence[Any], state: Any
     lre.check_params(adapter)
     prompts = check_prompts(prompts, "fit_lre_distributed")
     res = mean_jacobian_distributed(
-        adapter,
-        prompts,
-        lre.subject_layer,
-        lre.object_layer,
-        aggregation=lre.object_aggregation,
-        chunk_size=lre.chunk_size,
-        prefix_cache=lre.prefix_cache,
-        progress=lre.progress,
-        state=state,
+        adapter, prompts, lre.subject_layer, lre.object_layer, **lre.jacobian_kwargs(), state=state
     )
     return lre.fit_from_jacobian(adapter, prompts, res, world_size=int(state.num_processes))

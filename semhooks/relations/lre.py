@@ -156,14 +156,7 @@ class LRE(BaseEstimator):
         res: JacobianResult | LowRankJacobian
         if self.method == "exact":
             res = mean_jacobian(
-                adapter,
-                prompts,
-                self.subject_layer,
-                self.object_layer,
-                aggregation=self.object_aggregation,
-                chunk_size=self.chunk_size,
-                prefix_cache=self.prefix_cache,
-                progress=self.progress,
+                adapter, prompts, self.subject_layer, self.object_layer, **self.jacobian_kwargs()
             )
         else:
             assert self.rank is not None
@@ -181,6 +174,18 @@ class LRE(BaseEstimator):
                 progress=self.progress,
             )
         return self.fit_from_jacobian(adapter, prompts, res)
+
+    def jacobian_kwargs(self) -> dict[str, Any]:
+        """The keyword settings this LRE gives
+        :func:`~semhooks.relations.jacobian.mean_jacobian` (``aggregation``, ``chunk_size``,
+        ``prefix_cache``, ``progress``): :meth:`fit` and
+        :func:`semhooks.relations.distributed.fit_lre_distributed` both pass them."""
+        return {
+            "aggregation": self.object_aggregation,
+            "chunk_size": self.chunk_size,
+            "prefix_cache": self.prefix_cache,
+            "progress": self.progress,
+        }
 
     def fit_from_jacobian(
         self,

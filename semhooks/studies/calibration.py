@@ -259,11 +259,10 @@ def calibration_study(
     """
     from sklearn.linear_model import LogisticRegression
     from sklearn.neighbors import KNeighborsClassifier
-
-    train, test = from_columns(train, "labelled"), from_columns(test, "labelled")
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
+    train, test = from_columns(train, "labelled"), from_columns(test, "labelled")
     adapter = adapt(model)
     layers = adapter.resolve_layers([layer] if isinstance(layer, int) else list(layer))
     basis = label_basis(adapter, label_words, template=label_template)

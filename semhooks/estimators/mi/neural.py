@@ -123,6 +123,50 @@ class NeuralMIBase(MIBase):
         n_eval = max(MIN_EVAL, int(round(n * self.eval_fraction)))
         return n - n_eval, n_eval
 
+    def _split(
+        self, xt: Tensor, yt: Tensor, tr: Tensor, ev: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``(x_tr, y_tr, x_ev, y_ev)``: rows ``tr`` and ``ev`` of ``xt`` ``[n, dx]`` and
+        ``yt`` ``[n, dy]``, z-scored with the training rows' statistics when
+        ``standardize`` (which sets ``x_mean_``, ``x_scale_``, ``y_mean_``, ``y_scale_``)."""
+        x_tr, y_tr, x_ev, y_ev = xt[tr], yt[tr], xt[ev], yt[ev]
+        if self.standardize:
+            # MI is invariant to invertible per-feature affine maps, so z-scoring (with
+            # training-split statistics) changes nothing but the critic's conditioning.
+            x_ev, self.x_mean_, self.x_scale_ = standardize(x_ev, x_tr)
+            y_ev, self.y_mean_, self.y_scale_ = standardize(y_ev, y_tr)
+            x_tr = (x_tr - self.x_mean_) / self.x_scale_
+            y_tr = (y_tr - self.y_mean_) / self.y_scale_
+        return x_tr, y_tr, x_ev, y_ev
+
+    def _set_fitted(
+        self,
+        critic: nn.Module,
+        history: list[float],
+        steps: list[int],
+        stopped: bool,
+        n_train: int,
+        n_eval: int,
+        dx: int,
+        dy: int,
+    ) -> None:
+        """Set the fitted attributes from a finished training run: ``critic_`` (in eval
+        mode), ``history_``/``steps_`` (the held-out bits at each evaluation), ``mi_`` and
+        ``mi_std_`` (mean and std of the last ``eval_window`` evaluations), the sizes."""
+        window = history[-self.eval_window :]
+        self.critic_ = critic.eval()
+        self.history_ = np.asarray(history, dtype=np.float64)
+        self.steps_ = np.asarray(steps, dtype=np.int64)
+        self.mi_ = float(np.mean(window))
+        self.mi_std_ = float(np.std(window))
+        self.n_samples_ = n_train + n_eval
+        self.n_train_ = n_train
+        self.n_eval_ = n_eval
+        self.n_steps_ = steps[-1]
+        self.stopped_early_ = stopped
+        self.n_features_in_ = (int(dx), int(dy))
+        self._finish(n_eval)
+
     def _min_samples(self, dx: int, dy: int) -> int:
         if not 0.0 < self.eval_fraction < 1.0:
             raise ValueError(
@@ -169,15 +213,7 @@ class NeuralMIBase(MIBase):
         n_train, n_eval = self._split_sizes(n)
         g = torch.Generator().manual_seed(int(self.seed))
         perm = torch.randperm(n, generator=g)
-        tr, ev = perm[:n_train], perm[n_train:]
-        x_tr, y_tr, x_ev, y_ev = xt[tr], yt[tr], xt[ev], yt[ev]
-        if self.standardize:
-            # MI is invariant to invertible per-feature affine maps, so z-scoring (with
-            # training-split statistics) changes nothing but the critic's conditioning.
-            x_ev, self.x_mean_, self.x_scale_ = standardize(x_ev, x_tr)
-            y_ev, self.y_mean_, self.y_scale_ = standardize(y_ev, y_tr)
-            x_tr = (x_tr - self.x_mean_) / self.x_scale_
-            y_tr = (y_tr - self.y_mean_) / self.y_scale_
+        x_tr, y_tr, x_ev, y_ev = self._split(xt, yt, perm[:n_train], perm[n_train:])
         dev = torch.device(self.device)
         x_tr, y_tr, x_ev, y_ev = (t.to(dev) for t in (x_tr, y_tr, x_ev, y_ev))
 
@@ -233,22 +269,10 @@ class NeuralMIBase(MIBase):
                     break
         bar.close()
 
-        window = history[-self.eval_window :]
         for m in critic.modules():
             if isinstance(m, _Dropout):
                 m.generator = None  # only needed for training; keeps the critic picklable
-        self.critic_ = critic.eval()
-        self.history_ = np.asarray(history, dtype=np.float64)
-        self.steps_ = np.asarray(steps, dtype=np.int64)
-        self.mi_ = float(np.mean(window))
-        self.mi_std_ = float(np.std(window))
-        self.n_samples_ = n
-        self.n_train_ = n_train
-        self.n_eval_ = n_eval
-        self.n_steps_ = steps[-1]
-        self.stopped_early_ = stopped
-        self.n_features_in_ = (int(xt.shape[1]), int(yt.shape[1]))
-        self._finish(n_eval)
+        self._set_fitted(critic, history, steps, stopped, n_train, n_eval, xt.shape[1], yt.shape[1])
         return self
 
     def score(self, x: ArrayLike2D, y: ArrayLike2D) -> float:

@@ -23,14 +23,13 @@ import copy
 import math
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 from jaxtyping import Float
 from sklearn.base import clone
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from semhooks.estimators.mi.base import LN2, ArrayLike2D, check_pair, standardize
+from semhooks.estimators.mi.base import LN2, ArrayLike2D, check_pair
 from semhooks.estimators.mi.mine import MINE
 
 __all__ = ["can_stack", "fit_stacked"]
@@ -97,13 +96,8 @@ def fit_stacked(estimator: MINE, pairs: Sequence[tuple[ArrayLike2D, ArrayLike2D]
     fitted = [clone(est) for _ in range(k)]
     parts: list[list[Tensor]] = [[], [], [], []]
     for f, (xt, yt) in zip(fitted, checked, strict=True):
-        x_tr, y_tr, x_ev, y_ev = xt[tr], yt[tr], xt[ev], yt[ev]
-        if est.standardize:
-            x_ev, f.x_mean_, f.x_scale_ = standardize(x_ev, x_tr)
-            y_ev, f.y_mean_, f.y_scale_ = standardize(y_ev, y_tr)
-            x_tr = (x_tr - f.x_mean_) / f.x_scale_
-            y_tr = (y_tr - f.y_mean_) / f.y_scale_
-        for part, t in zip(parts, (x_tr, y_tr, x_ev, y_ev), strict=True):
+        # MINE.fit's own split and z-scoring (each copy keeps its statistics)
+        for part, t in zip(parts, f._split(xt, yt, tr, ev), strict=True):
             part.append(t)
     dev = torch.device(est.device)
     x_tr, y_tr, x_ev, y_ev = (torch.stack(p).to(dev) for p in parts)
@@ -127,6 +121,8 @@ def fit_stacked(estimator: MINE, pairs: Sequence[tuple[ArrayLike2D, ArrayLike2D]
     eval_seed = int(torch.randint(0, 2**62, (1,), generator=g))
     p_drop, keep_scale = est.dropout, 1.0 - est.dropout
     n_hidden = len(linears) - 1
+    lr = est._lr()
+    decay = 1 - lr * est.weight_decay  # AdamW's decoupled weight decay, per step
 
     def masks(h_shape: tuple[int, int]) -> list[Tensor] | None:
         if p_drop <= 0:
@@ -179,12 +175,12 @@ def fit_stacked(estimator: MINE, pairs: Sequence[tuple[ArrayLike2D, ArrayLike2D]
         loss.sum().backward()  # the critics share no weight: each gets its own gradient
         with torch.no_grad():
             bc1, bc2 = 1 - _BETA1**step, 1 - _BETA2**step
-            step_size, bc2_sqrt = est._lr() / bc1, bc2**0.5
+            step_size, bc2_sqrt = lr / bc1, bc2**0.5
             for p, (m1, m2) in zip(flat, moments, strict=True):
                 grad = p.grad
                 assert grad is not None
                 if est.weight_decay != 0:
-                    p.mul_(1 - est._lr() * est.weight_decay)
+                    p.mul_(decay)
                 m1.lerp_(grad, 1 - _BETA1)
                 m2.mul_(_BETA2).addcmul_(grad, grad, value=1 - _BETA2)
                 denom = (m2.sqrt() / bc2_sqrt).add_(_EPS)
@@ -215,7 +211,8 @@ def fit_stacked(estimator: MINE, pairs: Sequence[tuple[ArrayLike2D, ArrayLike2D]
             continue
         for row in leaving:
             finals[active[row]] = [p.detach()[row].clone() for p in flat]
-        stay = [row for row in range(len(active)) if row not in set(leaving)]
+        left = set(leaving)
+        stay = [row for row in range(len(active)) if row not in left]
         if not stay:
             break
         keep = torch.tensor(stay, device=dev)
@@ -239,19 +236,9 @@ def fit_stacked(estimator: MINE, pairs: Sequence[tuple[ArrayLike2D, ArrayLike2D]
             for j, lin in enumerate(mine_linears):
                 lin.weight.copy_(finals[i][2 * j].T)
                 lin.bias.copy_(finals[i][2 * j + 1])
-        window = histories[i][-est.eval_window :]
-        f.critic_ = critic.to(dev).eval()
-        f.history_ = np.asarray(histories[i], dtype=np.float64)
-        f.steps_ = np.asarray(steps_at[i], dtype=np.int64)
-        f.mi_ = float(np.mean(window))
-        f.mi_std_ = float(np.std(window))
-        f.n_samples_ = n
-        f.n_train_ = n_train
-        f.n_eval_ = n_eval
-        f.n_steps_ = steps_at[i][-1]
-        f.stopped_early_ = stopped[i]
-        f.n_features_in_ = (int(dx), int(dy))
-        f.ceiling_bits_ = math.log2(n_eval)
+        f._set_fitted(
+            critic.to(dev), histories[i], steps_at[i], stopped[i], n_train, n_eval, dx, dy
+        )
     return fitted
 
 

@@ -127,27 +127,32 @@ def _entropy_bits(labels: Tensor) -> float:
     return float(-(p * p.log2()).sum())
 
 
-def _fit_cell(estimator: Any, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
-    est = clone(estimator, safe=False)  # an unfitted copy (a deep copy if no get_params)
-    t0, c0 = time.perf_counter(), time.process_time()
-    est.fit(x, y)
+def _cell_result(est: Any, seconds: float, cpu_seconds: float) -> dict[str, Any]:
+    """One fitted cell's estimate, spread and ceiling (bits) and its fit time."""
     return {
         "mi": float(est.mi_),
         "std": float(getattr(est, "mi_std_", float("nan"))),
         "ceiling": getattr(est, "ceiling_bits_", getattr(est, "bound_bits_", None)),
-        "seconds": time.perf_counter() - t0,
-        "cpu_seconds": time.process_time() - c0,
+        "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
     }
+
+
+def _fit_cell(estimator: Any, x: np.ndarray, y: np.ndarray) -> Any:
+    """A fresh copy of ``estimator`` fitted on one cell: its :func:`_cell_result`, or the
+    ``ValueError``/``LinAlgError`` it raised (returned, so a worker process can hand it back)."""
+    try:
+        est = clone(estimator, safe=False)  # an unfitted copy (a deep copy if no get_params)
+        t0, c0 = time.perf_counter(), time.process_time()
+        est.fit(x, y)
+    except (ValueError, torch.linalg.LinAlgError) as exc:
+        return exc
+    return _cell_result(est, time.perf_counter() - t0, time.process_time() - c0)
 
 
 def _fit_cell_worker(estimator: Any, x: np.ndarray, y: np.ndarray) -> Any:
     torch.set_num_threads(1)
-    try:
-        return _fit_cell(estimator, x, y)
-    except ValueError as exc:
-        return exc
-    except torch.linalg.LinAlgError as exc:
-        return exc
+    return _fit_cell(estimator, x, y)
 
 
 @dataclass
@@ -307,33 +312,16 @@ def estimate_emergence(
             except ValueError:
                 # a pair the estimator refuses: separate fits name the cell in the error
                 for task in chunk:
-                    try:
-                        out: Any = _fit_cell(est, task.x, task.y)
-                    except (ValueError, torch.linalg.LinAlgError) as exc:
-                        out = exc
-                    handle(task, out)
+                    handle(task, _fit_cell(est, task.x, task.y))
                     bar.update()
                 continue
             dt, dc = time.perf_counter() - t0, time.process_time() - c0
             for task, f in zip(chunk, fits, strict=True):
-                handle(
-                    task,
-                    {
-                        "mi": f.mi_,
-                        "std": f.mi_std_,
-                        "ceiling": f.ceiling_bits_,
-                        "seconds": dt / len(chunk),
-                        "cpu_seconds": dc / len(chunk),
-                    },
-                )
+                handle(task, _cell_result(f, dt / len(chunk), dc / len(chunk)))
             bar.update(len(chunk))
     elif n_jobs == 1:
         for task in to_fit:
-            try:
-                out = _fit_cell(est, task.x, task.y)
-            except (ValueError, torch.linalg.LinAlgError) as exc:
-                out = exc
-            handle(task, out)
+            handle(task, _fit_cell(est, task.x, task.y))
             bar.update()
     else:
         from joblib import Parallel, delayed
