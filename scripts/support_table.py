@@ -142,7 +142,8 @@ def render(payload: dict[str, Any]) -> str:
     ]
     out += [f"- **{c}**: {payload['features'][c]}" for c in COLUMNS]
     out += [
-        '- **HookedTransformer**: the columns sites to save_load with `backend="hooked"` '
+        "- **HookedTransformer**: the columns sites to save_load, bfloat16 and float16 with "
+        '`backend="hooked"` '
         "(`semhooks.hooked_transformer_from_hf`, TransformerLens 3.x; pass where all pass, "
         "else the failing columns, or the reason it does not apply).",
         "",

@@ -138,7 +138,12 @@ def write_results() -> Iterator[None]:
 @functools.cache
 def _model(arch: str, backend: str, dtype: torch.dtype = torch.float32) -> Any:
     model = tiny_model(arch, seed=SEED, n_layers=N_LAYERS, d_model=D_MODEL, backend=backend)
-    return model.to(DEVICE, dtype) if (DEVICE, dtype) != ("cpu", torch.float32) else model
+    if (DEVICE, dtype) == ("cpu", torch.float32):
+        return model
+    if backend == "hooked":
+        # HookedTransformer.to takes one device or dtype (and updates cfg.dtype/cfg.device).
+        return model.to(dtype, print_details=False).to(DEVICE, print_details=False)
+    return model.to(DEVICE, dtype)
 
 
 @functools.cache
@@ -548,18 +553,23 @@ def test_save_load(arch: str, backend: str, tmp_path: Path) -> None:
 
 ARCHS_MODEL_TYPE = {"neox": "gpt_neox", "gemma3": "gemma3_text"}
 LOW_PRECISION = [
-    pytest.param(a, d, id=f"{a}-{str(d).split('.')[-1]}")
+    pytest.param(a, b, d, id=f"{a}-{b}-{str(d).split('.')[-1]}")
+    for b in BACKENDS
     for d in (torch.bfloat16, torch.float16)
     for a in ARCHS
 ]
 
 
 def check_all(
-    model: Any, arch: str, tmp_path: Path, dtype: torch.dtype = torch.float32
+    model: Any,
+    arch: str,
+    tmp_path: Path,
+    dtype: torch.dtype = torch.float32,
+    backend: str = "bridge",
 ) -> list[str]:
     """Every oracle of the float32 columns (sites .. save_load) on ``model`` (a low-precision
-    or dispatched bridge model), states with left padding only (right padding is the
-    float32 column's). An oracle that does not apply (``n/a`` in its own column, with its
+    bridge or HookedTransformer, or a dispatched bridge model, of ``backend``), states with
+    left padding only (right padding is the float32 column's). An oracle that does not apply (``n/a`` in its own column, with its
     reason there) is skipped; returns those oracles' names."""
     skipped = []
     for name, check in (
@@ -570,7 +580,7 @@ def check_all(
         ("lre_jacobian", lambda: check_lre_jacobian(model, arch, dtype)),
         ("kv_prefix", lambda: check_kv_prefix(model, arch, dtype)),
         ("generate", lambda: check_generate(model, arch, dtype)),
-        ("save_load", lambda: check_save_load(model, arch, "bridge", tmp_path, dtype)),
+        ("save_load", lambda: check_save_load(model, arch, backend, tmp_path, dtype)),
     ):
         try:
             check()
@@ -580,17 +590,17 @@ def check_all(
 
 
 @BOTH_CACHE_NAMES
-@pytest.mark.parametrize(("arch", "dtype"), LOW_PRECISION)
-def test_low_precision(arch: str, dtype: torch.dtype, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("arch", "backend", "dtype"), LOW_PRECISION)
+def test_low_precision(arch: str, backend: str, dtype: torch.dtype, tmp_path: Path) -> None:
     """Every oracle with the model (and the reference) cast to ``dtype``; tolerances from
     ``tol(dtype)``, Jacobians in float32 (see ``check_lre_jacobian``)."""
-    with cell(arch, "bridge", str(dtype).split(".")[-1]):
-        model = get_model(arch, "bridge", dtype)
+    name = str(dtype).split(".")[-1]
+    with cell(arch, backend, name):
+        model = get_model(arch, backend, dtype)
         adapter = sh.adapt(model)
         assert adapter.dtype == dtype
-        name = str(dtype).split(".")[-1]
         try:
-            check_all(model, arch, tmp_path, dtype)
+            check_all(model, arch, tmp_path, dtype, backend)
         except NotImplementedError as exc:  # a known bridge defect, refused by name
             assert adapter.model_type in str(exc) and name in str(exc), exc
             raise Refused(f"refused by name ({str(exc).split(': ', 1)[1].split(';')[0]})") from exc
@@ -620,7 +630,7 @@ def test_device_map(arch: str, tmp_path: Path) -> None:
         check_all(model, arch, tmp_path)
 
 
-HOOKED_FEATURES = 8  # sites .. save_load: test_low_precision and test_device_map are bridge-only
+HOOKED_FEATURES = 10  # sites .. save_load, bfloat16, float16: test_device_map is bridge-only
 
 
 def _support_table() -> Any:
