@@ -175,7 +175,7 @@ def test_the_semhooks_package_never_imports_recipes():
 
 
 # Data flows data / backend -> vocabulary -> extraction -> interventions / estimators / sae ->
-# studies / relations: a wing never imports a higher one (function-level imports count too).
+# relations -> studies: a wing never imports a higher one (function-level imports count too).
 _ABOVE_EXTRACTION = ("estimators", "interventions", "sae", "studies", "relations")
 WING_ORDER = {
     "semhooks.data": ("backend", "vocabulary", "extraction", *_ABOVE_EXTRACTION),
@@ -184,6 +184,8 @@ WING_ORDER = {
     "semhooks.extraction": _ABOVE_EXTRACTION,
     "semhooks.interventions": ("estimators", "sae", "studies", "relations"),
     "semhooks.estimators": ("interventions", "sae", "studies", "relations"),
+    # the studies use the relation data (patching's default prompts); never the reverse
+    "semhooks.relations": ("studies",),
 }
 
 

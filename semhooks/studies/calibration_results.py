@@ -64,7 +64,7 @@ class CalibrationResult:
     def table(self) -> str:
         """Markdown table: method, accuracy with its 95% Wilson interval over the test items,
         ARI, test items, seconds."""
-        from semhooks.studies.stats import wilson_interval
+        from semhooks.stats import wilson_interval
 
         lines = [
             f"**{self.dataset}** ({self.model}, layer {self.layer}, label words "

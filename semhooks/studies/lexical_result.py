@@ -76,7 +76,7 @@ class WiCResult:
     def interval(self, values: Sequence[float]) -> tuple[list[float], list[float]]:
         """95% Wilson intervals ``(low, high)`` of evaluation accuracies (``protocol["n_eval"]``
         pairs each)."""
-        from semhooks.studies.stats import wilson_interval
+        from semhooks.stats import wilson_interval
 
         n = int(self.protocol.get("n_eval") or 0)
         if n < 1:

@@ -46,7 +46,7 @@ from semhooks.estimators.probes import fit_logistic_probe
 from semhooks.extraction.pooling import POOLS
 from semhooks.extraction.states import LayerStates, extract_states
 from semhooks.plots import heatmap, new_figure, save_figure
-from semhooks.studies.stats import wilson_interval
+from semhooks.stats import wilson_interval
 
 __all__ = [
     "POOLINGS",

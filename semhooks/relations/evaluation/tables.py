@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from semhooks.studies.stats import wilson_interval
+from semhooks.stats import wilson_interval
 
 if TYPE_CHECKING:
     from semhooks.relations.evaluation.relation import RelationEvaluation

@@ -1,4 +1,5 @@
-"""Small statistics shared by the studies: confidence intervals for accuracies."""
+"""Small statistics shared by the studies and the relation evaluations: confidence intervals
+for accuracies."""
 
 from __future__ import annotations
 
