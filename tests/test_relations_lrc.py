@@ -215,6 +215,71 @@ def test_swap_baseline_reuse_equals_a_fresh_run_and_skips_only_that_forward(
     assert len(calls) == 3
 
 
+def test_swap_shares_a_row_between_single_token_answers_and_equals_two_rows(
+    tiny_llama, monkeypatch
+):
+    """A pair whose two answers are one token each is read from one row (both first tokens
+    are predicted at the prompt's last position); every outcome, swap and control (one edit
+    per pair, given to each of its rows), equals scoring every pair on two rows."""
+    from semhooks import adapt
+    from semhooks.interventions import Swap, intervene, random_control
+    from semhooks.relations.prompts import encode_prompts
+
+    adapter = adapt(tiny_llama)
+    objs = ["C", "the", "of", "Cat"]  # one token each, except "Cat" (two)
+    # concepts: each answer's first-token unembedding; prompts end in their subject, so the
+    # swap edits the very state the answers are read from (a planted, strong effect)
+    first = {o: adapter.tokenizer(" " + o)["input_ids"][0] for o in objs}
+    vecs = {o: adapter.W_U[:, i].detach().float() for o, i in first.items()}
+    prompts = [
+        RelationPrompt(f"The capital of {s}", s, objs[i % 4], "toy") for i, s in enumerate(SUBJECTS)
+    ]
+    targets = [objs[(i + 1) % 4] for i in range(len(prompts))]  # "of"/"Cat" pairs need 2 rows
+    widths: list[int] = []
+    real = type(adapter).logits_at
+
+    def counting(self, batch, *args, **kwargs):
+        widths.append(int(batch.input_ids.shape[0]))
+        return real(self, batch, *args, **kwargs)
+
+    monkeypatch.setattr(type(adapter), "logits_at", counting)
+    got = causal_swap(vecs, tiny_llama, prompts, targets=targets, alpha=0.5, seed=3)
+    monkeypatch.undo()
+    assert widths == [12, 12, 12]  # 4 one-row pairs + 4 two-row pairs, not 16 rows
+
+    rows = [
+        r
+        for p, t in zip(prompts, targets, strict=True)
+        for r in (p, RelationPrompt(p.text, p.subject, t, p.relation))
+    ]
+    enc = encode_prompts(adapter, rows, with_answer=True)
+    per_pair = Swap(
+        torch.stack([vecs[p.object] for p in prompts]), torch.stack([vecs[t] for t in targets]),
+        alpha=0.5, layers="all",
+    )  # fmt: skip
+    twice = torch.arange(len(prompts)).repeat_interleave(2)
+    positions = [[int(x)] for x in enc.subject_positions]
+    want = {}
+    for name, iv in (("swap", per_pair), ("control", random_control(per_pair, seed=3))):
+        on_rows = Swap(
+            iv.v_from[twice], iv.v_to[twice], alpha=0.5, layers="all", positions=positions
+        )
+        with intervene(tiny_llama, on_rows, attention_mask=enc.batch.attention_mask):
+            logp = adapter.forward(enc.batch).float().log_softmax(-1)
+        p_min = torch.stack(
+            [
+                logp[r, pos, tid].min()
+                for r, (pos, tid) in enumerate(
+                    zip(enc.object_positions, enc.answer_ids, strict=True)
+                )
+            ]
+        )
+        want[name] = (p_min[1::2] > p_min[0::2]).tolist()
+    assert got.success == want["swap"] and got.control_score == np.mean(want["control"])
+    # not vacuous: the planted swap flips answers the model did not prefer, the control fewer
+    assert got.success != got.baseline and got.score > got.control_score
+
+
 def test_table_markdown_per_relation_and_category():
     from semhooks.relations.evaluation import RelationEvaluation
 

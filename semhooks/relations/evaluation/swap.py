@@ -9,6 +9,7 @@ control swaps random unit vectors at the same angle (:func:`semhooks.interventio
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from semhooks.interventions import Swap, intervene, random_control
 from semhooks.relations.checks import check_prompts
 from semhooks.relations.evaluation.baselines import Baseline
 from semhooks.relations.lrc import LRC, Concept
-from semhooks.relations.prompts import RelationPrompt, encode_prompts
+from semhooks.relations.prompts import EncodedPrompts, RelationPrompt, encode_prompts
 
 __all__ = ["SwapResult", "causal_swap", "pick_targets"]
 
@@ -91,13 +92,54 @@ def _concept_vectors(concepts: Any) -> dict[str, Tensor]:
     )
 
 
-def _answer_min_prob(logits: Sequence[Tensor], ids: list[list[int]]) -> Tensor:
-    """Per row, ``min_t log p(answer_t)`` from that row's logits at its answer positions."""
-    out = []
-    for row, tid in zip(logits, ids, strict=True):
-        logp = row.float().log_softmax(-1)
-        out.append(logp[torch.arange(len(tid)), tid].min())
-    return torch.stack(out).cpu()
+def _min_logp(logp: Tensor, ids: list[int]) -> Tensor:
+    """``min_t log p(answer_t)`` from one row's log-probabilities at its answer positions."""
+    return logp[torch.arange(len(ids)), torch.tensor(ids)].min()
+
+
+_Read = tuple[int, list[int]]  # (row of the batch, answer token ids read at its positions)
+
+
+def _pair_rows(
+    adapter: Any, chunk: Sequence[RelationPrompt], targets: Sequence[str]
+) -> tuple[EncodedPrompts, list[int], list[tuple[_Read, _Read]]]:
+    """The rows that score each (prompt, target) pair, teacher forced.
+
+    A pair whose source and target answers are both one token needs one row: both answers'
+    first (only) token is predicted at the prompt's last position, which the appended answer
+    cannot change (causal attention). Otherwise the pair takes two rows, prompt + source
+    answer and prompt + target answer.
+
+    Returns the encoded rows, the chunk index each row belongs to, and per pair where to
+    read its source and its target answer.
+    """
+    pairs = [
+        r
+        for p, t in zip(chunk, targets, strict=True)
+        for r in (p, RelationPrompt(p.text, p.subject, t, p.relation, p.template, p.examples))
+    ]
+    both = encode_prompts(adapter, pairs, with_answer=True)
+    rows: list[RelationPrompt] = []
+    owner: list[int] = []
+    reads: list[tuple[_Read, _Read]] = []
+    for i in range(len(chunk)):
+        src_ids, tgt_ids = both.answer_ids[2 * i], both.answer_ids[2 * i + 1]
+        rows.append(pairs[2 * i])
+        owner.append(i)
+        src_row = tgt_row = len(rows) - 1
+        if len(src_ids) > 1 or len(tgt_ids) > 1:
+            rows.append(pairs[2 * i + 1])
+            owner.append(i)
+            tgt_row = len(rows) - 1
+        reads.append(((src_row, src_ids), (tgt_row, tgt_ids)))
+    enc = both if len(rows) == len(pairs) else encode_prompts(adapter, rows, with_answer=True)
+    return enc, owner, reads
+
+
+def _on_rows(iv: Any, owner: list[int], positions: list[list[int]]) -> Swap:
+    """A per-pair :class:`Swap` given to every row of its pair, at the rows' subject tokens."""
+    rows = torch.tensor(owner)
+    return dataclasses.replace(iv, v_from=iv.v_from[rows], v_to=iv.v_to[rows], positions=positions)
 
 
 def causal_swap(
@@ -170,21 +212,22 @@ def causal_swap(
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start : start + batch_size]
         tgt = targets[start : start + batch_size]
-        # two rows per prompt: the original answer, then the target answer
-        rows = []
-        for p, t in zip(chunk, tgt, strict=True):
-            rows.append(p)
-            rows.append(RelationPrompt(p.text, p.subject, t, p.relation, p.template, p.examples))
-        enc = encode_prompts(adapter, rows, with_answer=True)
-        v_from = torch.stack([vecs[p.object] for p in chunk for _ in range(2)])
-        v_to = torch.stack([vecs[t] for t in tgt for _ in range(2)])
+        enc, owner, reads = _pair_rows(adapter, chunk, tgt)
+        # one edit per pair (its control drawn per pair too), given to each of its rows
+        per_pair = Swap(
+            torch.stack([vecs[p.object] for p in chunk]),
+            torch.stack([vecs[t] for t in tgt]),
+            alpha=alpha,
+            scale=scale,
+            layers=layer_spec,
+        )
         positions = [[int(p)] for p in enc.subject_positions]
-        swap = Swap(v_from, v_to, alpha=alpha, scale=scale, layers=layer_spec, positions=positions)
-        runs: list[tuple[list[bool], Any]] = [(success, swap)]
+        runs: list[tuple[list[bool], Any]] = [(success, _on_rows(per_pair, owner, positions))]
         if not reuse:
             runs.insert(0, (base, None))
         if control:
-            runs.append((ctrl, random_control(swap, seed=seed + start)))
+            ctl = random_control(per_pair, seed=seed + start)
+            runs.append((ctrl, _on_rows(ctl, owner, positions)))
         for out, iv in runs:
             # only the answer positions are unembedded (the reader's logit_positions)
             with (
@@ -194,8 +237,11 @@ def causal_swap(
             ):
                 logits = read(adapter, enc.batch, {}, logit_positions=enc.object_positions)
             assert logits.position_logits is not None
-            p_min = _answer_min_prob(logits.position_logits, enc.answer_ids)
-            out.extend((p_min[1::2] > p_min[0::2]).tolist())
+            logp = [row.float().log_softmax(-1) for row in logits.position_logits]
+            for (src_row, src_ids), (tgt_row, tgt_ids) in reads:
+                out.append(
+                    bool(_min_logp(logp[tgt_row], tgt_ids) > _min_logp(logp[src_row], src_ids))
+                )
     return SwapResult(
         score=float(np.mean(success)),
         control_score=float(np.mean(ctrl)) if control else float("nan"),
