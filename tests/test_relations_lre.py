@@ -329,6 +329,36 @@ def test_randomized_at_full_rank_equals_exact_on_a_real_tiny_model(tiny_gpt2):
     torch.testing.assert_close(full.subject_states, exact.subject_states)
 
 
+@pytest.mark.parametrize("n_power_iter", [0, 1])
+def test_randomized_builds_each_suffix_graph_once_and_equals_the_sketch_of_exact(
+    tiny_gpt2, monkeypatch, n_power_iter
+):
+    """Every pass differentiates the same kept forward (one graph per prompt, however many
+    passes), and the result is Halko et al.'s sketch of the exact mean Jacobian, same Omega."""
+    from semhooks.relations.jacobian import SubjectObjectMap
+
+    prompts = capital_prompts(1)[:3]
+    W = mean_jacobian(tiny_gpt2, prompts, 0, 2, progress=False).weight
+    built = []
+    real = SubjectObjectMap.graph
+    monkeypatch.setattr(SubjectObjectMap, "graph", lambda self, p: built.append(p) or real(self, p))
+    low = randomized_jacobian(
+        tiny_gpt2, prompts, 0, 2, rank=6, oversampling=2, n_power_iter=n_power_iter, seed=0,
+        progress=False,
+    )  # fmt: skip
+    assert len(built) == len(prompts)
+
+    def orth(a):
+        return torch.linalg.qr(a)[0]
+
+    omega = torch.randn(W.shape[0], 8, generator=torch.Generator().manual_seed(0), dtype=W.dtype)
+    Y = W @ omega
+    for _ in range(n_power_iter):
+        Y = W @ orth(W.T @ orth(Y))
+    Q = orth(Y)
+    torch.testing.assert_close(low.weight, Q @ (Q.T @ W), atol=1e-5, rtol=1e-4)
+
+
 def test_principal_angles_known_answer():
     e = torch.eye(4)
     angles = principal_angles(e[:, :2], torch.stack([e[:, 0], (e[:, 1] + e[:, 2]) / 2**0.5], 1))

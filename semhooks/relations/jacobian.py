@@ -29,8 +29,10 @@ How the cost is cut (what is computed once, what is cached):
   over prompts; a JVP is the derivative of a VJP with respect to its cotangent, i.e. a
   double backward) give an orthonormal range basis ``Q``; ``k`` vector-Jacobian products
   give ``B = Q^T W``; the SVD of ``B`` gives ``W ~ (Q U_B) S V^T``. ``n_power_iter`` power
-  iterations sharpen the range when the spectrum decays slowly. The bias is exact in both
-  paths: ``J_i s_i`` is one more JVP.
+  iterations sharpen the range when the spectrum decays slowly. Each prompt's suffix forward
+  is built once and kept until the last pass (a few positions of activations per prompt), so
+  every pass differentiates the same graph. The bias is exact in both paths: ``J_i s_i`` is
+  one more JVP.
 
 Prompts run one at a time (batch of one, no padding): with the prefix cached, the suffix is a
 handful of tokens, and the batched products already vectorise the work.
@@ -532,11 +534,21 @@ def randomized_jacobian(
     o_all: list[Tensor] = []
     js_all: list[Tensor] = []
 
+    # Each prompt's suffix graph is built once and kept (a few positions of activations per
+    # prompt) until the last pass: the products of every pass differentiate the same forward.
+    graphs: dict[int, tuple[Tensor, Tensor, Tensor]] = {}
+
+    def graph(i: int, last: bool) -> tuple[Tensor, Tensor, Tensor]:
+        g = graphs.pop(i) if i in graphs else fmap.graph(preps[i])
+        if not last:
+            graphs[i] = g
+        return g
+
     def jvp_pass(V: Tensor, first: bool) -> Tensor:
         """``mean_i J_i V`` ``[d, k]``; the first pass also records ``s_i, o_i, J_i s_i``."""
         acc = torch.zeros(d, V.shape[1], dtype=torch.float64)
-        for prep in _iter(preps, progress, "JVPs"):
-            leaf, s0, o = fmap.graph(prep)
+        for i in _iter(range(n), progress, "JVPs"):
+            leaf, s0, o = graph(i, last=False)
             tangents = V.T.to(torch.float32)
             if first:
                 tangents = torch.cat([tangents, s0.to(torch.float32)[None]])
@@ -548,21 +560,21 @@ def randomized_jacobian(
                 js_all.append(rows[-1].float())
         return acc / n
 
-    def vjp_pass(Q: Tensor) -> Tensor:
-        """``mean_i J_i^T Q`` ``[d, k]``."""
+    def vjp_pass(Q: Tensor, last: bool) -> Tensor:
+        """``mean_i J_i^T Q`` ``[d, k]``; the last pass frees the graphs."""
         acc = torch.zeros(d, Q.shape[1], dtype=torch.float64)
-        for prep in _iter(preps, progress, "VJPs"):
-            leaf, _, o = fmap.graph(prep)
-            rows = _vjp(o, leaf, Q.T.to(torch.float32).to(leaf.device), retain=False)
+        for i in _iter(range(n), progress, "VJPs"):
+            leaf, _, o = graph(i, last)
+            rows = _vjp(o, leaf, Q.T.to(torch.float32).to(leaf.device), retain=not last)
             acc += rows.detach().cpu().T.double()
         return acc / n
 
     Y = jvp_pass(omega, first=True)
     for _ in range(n_power_iter):
-        Z = vjp_pass(_orth(Y))
+        Z = vjp_pass(_orth(Y), last=False)
         Y = jvp_pass(_orth(Z), first=False)
     Q = _orth(Y)
-    Bt = vjp_pass(Q)  # [d, k] = W^T Q = B^T
+    Bt = vjp_pass(Q, last=True)  # [d, k] = W^T Q = B^T
     Ub, S, Vh = torch.linalg.svd(Bt.T, full_matrices=False)
     U = Q @ Ub
     products = n * (2 * k + 1 + 2 * k * n_power_iter)
