@@ -29,10 +29,9 @@ How the cost is cut (what is computed once, what is cached):
   over prompts; a JVP is the derivative of a VJP with respect to its cotangent, i.e. a
   double backward) give an orthonormal range basis ``Q``; ``k`` vector-Jacobian products
   give ``B = Q^T W``; the SVD of ``B`` gives ``W ~ (Q U_B) S V^T``. ``n_power_iter`` power
-  iterations sharpen the range when the spectrum decays slowly. Each prompt's suffix forward
-  is built once and kept until the last pass (a few positions of activations per prompt), so
-  every pass differentiates the same graph. The bias is exact in both paths: ``J_i s_i`` is
-  one more JVP.
+  iterations sharpen the range when the spectrum decays slowly. Each prompt's suffix graph
+  (a few positions of activations) is built once and kept for every pass. The bias is exact
+  in both paths: ``J_i s_i`` is one more JVP.
 
 Prompts run one at a time (batch of one, no padding): with the prefix cached, the suffix is a
 handful of tokens, and the batched products already vectorise the work.
@@ -534,9 +533,7 @@ def randomized_jacobian(
     o_all: list[Tensor] = []
     js_all: list[Tensor] = []
 
-    # Each prompt's suffix graph is built once and kept (a few positions of activations per
-    # prompt) until the last pass: the products of every pass differentiate the same forward.
-    graphs: dict[int, tuple[Tensor, Tensor, Tensor]] = {}
+    graphs: dict[int, tuple[Tensor, Tensor, Tensor]] = {}  # kept until the last pass
 
     def graph(i: int, last: bool) -> tuple[Tensor, Tensor, Tensor]:
         g = graphs.pop(i) if i in graphs else fmap.graph(preps[i])
