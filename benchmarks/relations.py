@@ -136,8 +136,8 @@ def timing(model, args) -> dict:
     ang_u = principal_angles(U[:, :r], low.U[:, :r])
     ang_v = principal_angles(Vh[:r].T, low.Vh[:r].T)
     ang_q1 = principal_angles(U[:, :r], low_q1.U[:, :r])
-    out["q1_left_angles_deg_median"] = float(np.degrees(ang_q1.median()))
-    out["q1_left_angles_deg_max"] = float(np.degrees(ang_q1.max()))
+    out["q1_left_angles_deg_median"] = float(torch.rad2deg(ang_q1.median()))
+    out["q1_left_angles_deg_max"] = float(torch.rad2deg(ang_q1.max()))
     approx_q1 = (low_q1.U[:, :r] * low_q1.S[:r]) @ low_q1.Vh[:r]
     out["q1_randomized_rel_error"] = float((approx_q1 - W_b).norm() / W_b.norm())
     best = (U[:, :r] * S[:r]) @ Vh[:r]
@@ -145,12 +145,12 @@ def timing(model, args) -> dict:
     out.update(
         rank=r,
         oversampling=low.extra["oversampling"],
-        left_angles_deg_median=float(np.degrees(ang_u.median())),
-        left_angles_deg_max=float(np.degrees(ang_u.max())),
-        right_angles_deg_median=float(np.degrees(ang_v.median())),
-        right_angles_deg_max=float(np.degrees(ang_v.max())),
+        left_angles_deg_median=float(torch.rad2deg(ang_u.median())),
+        left_angles_deg_max=float(torch.rad2deg(ang_u.max())),
+        right_angles_deg_median=float(torch.rad2deg(ang_v.median())),
+        right_angles_deg_max=float(torch.rad2deg(ang_v.max())),
         top10_left_angles_deg_max=float(
-            np.degrees(principal_angles(U[:, : min(10, r)], low.U[:, :r]).max())
+            torch.rad2deg(principal_angles(U[:, : min(10, r)], low.U[:, :r]).max())
         ),
         rank_r_rel_error_vs_best=float((approx - best).norm() / best.norm()),
         best_rank_r_rel_error=float((best - W_b).norm() / W_b.norm()),
