@@ -36,6 +36,22 @@ def suffix_macs(cfg, preps, subject_layer: int, object_layer: int, directions: f
     return total
 
 
+def jacobian_gmacs(model, prompts, subject_layer: int, object_layer: int, rank: int):
+    """``(exact, randomized)`` GMACs of the LRE Jacobian passes over ``prompts``: exact is one
+    suffix forward and ``d`` VJPs per prompt; randomized (``k = rank + 10``) is ``k + 1`` JVPs,
+    each a double backward (about two passes), then ``k`` VJPs."""
+    from semhooks.relations.jacobian import SubjectObjectMap
+
+    preps = SubjectObjectMap(model, subject_layer, object_layer).prepare(prompts)
+    cfg, d = model.cfg, model.cfg.d_model
+    k = min(rank + 10, d)
+    exact = suffix_macs(cfg, preps, subject_layer, object_layer, d)
+    randomized = suffix_macs(cfg, preps, subject_layer, object_layer, 2 * (k + 1)) + suffix_macs(
+        cfg, preps, subject_layer, object_layer, k
+    )
+    return exact / 1e9, randomized / 1e9, all(p.cache is not None for p in preps)
+
+
 def gemm_rate(d: int, d_mlp: int, rows: int = 4096, repeats: int = 5) -> float:
     """Measured multiply-adds per second of a float32 ``[rows, d] @ [d, d_mlp]`` product at
     the current thread count (the best of ``repeats``)."""

@@ -96,6 +96,7 @@ import transformers
 import transformers.cache_utils
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _flops import gemm_rate, jacobian_gmacs  # noqa: E402
 from relations import DEFAULT_ACCURACY_RELATIONS, randomized_fits, valid_prompts  # noqa: E402
 
 from semhooks import load_model  # noqa: E402
@@ -307,12 +308,25 @@ def run_relation(model: Any, hf: Any, tok: Any, trainer: Trainer, rel: str, args
     row["loadavg_end"] = os.getloadavg()[0]
     row["exact_speedup"] = row["peer_s"] / row["exact_s"]
     row["randomized_speedup"] = row["peer_s"] / row["randomized_s"]
+    # the arithmetic floor of the same passes at this thread count (counted after the timings)
+    row["exact_gmacs"], row["randomized_gmacs"], _ = jacobian_gmacs(
+        model, lre_prompts, args.subject_layer, args.object_layer, args.rank
+    )
+    row["floor_exact_s"] = row["exact_gmacs"] / args.gemm_gmacs_per_s
+    row["floor_randomized_s"] = row["randomized_gmacs"] / args.gemm_gmacs_per_s
     print(
         f"{rel:24s} {len(test):4d} {n_obj:3d} {len(lre_prompts):3d} | "
         f"{row['peer_s']:7.1f} {row['exact_s']:7.1f} {row['randomized_s']:7.1f} | "
         f"{row['exact_speedup']:5.2f}x {row['randomized_speedup']:5.2f}x | "
         f"{row['peer_acc']:.3f} {row['exact_acc']:.3f} {row['randomized_acc']:.3f} | "
         f"{row['peer_w_rel_diff']:.1e} | {row['loadavg_start']:.1f}->{row['loadavg_end']:.1f}",
+        flush=True,
+    )
+    fe, fr = row["floor_exact_s"], row["floor_randomized_s"]
+    print(
+        f"{'':24s} floor: exact {fe:.1f} s, randomized {fr:.1f} s; measured peer "
+        f"{row['peer_s'] / fe:.1f}x, exact {row['exact_s'] / fe:.1f}x, randomized "
+        f"{row['randomized_s'] / fr:.1f}x their floor",
         flush=True,
     )
     return row
@@ -366,6 +380,14 @@ def summarise(rows: list[dict], args) -> dict:
     }
     for what, ok in targets.items():
         print(f"target: {what}: {'PASS' if ok else 'FAIL'}")
+    fl_ex = sum(r["floor_exact_s"] for r in rows)
+    fl_rn = sum(r["floor_randomized_s"] for r in rows)
+    print(
+        f"arithmetic floor at {args.gemm_gmacs_per_s:.1f} GMAC/s (summed): exact {fl_ex:.1f} s, "
+        f"randomized {fl_rn:.1f} s; the targets ask for exact <= {peer_t / 3:.1f} s "
+        f"({'below' if peer_t / 3 < fl_ex else 'above'} its floor) and randomized <= "
+        f"{peer_t / 10:.1f} s ({'below' if peer_t / 10 < fl_rn else 'above'} its floor)"
+    )
     if len(rows) < 6:
         print(f"(issue 13 asks for at least 6 relations; this run has {len(rows)})")
     return dict(
@@ -423,6 +445,8 @@ def main() -> None:
         )
 
     model = load_model("smollm2-135m")
+    args.gemm_gmacs_per_s = gemm_rate(model.cfg.d_model, model.cfg.d_mlp) / 1e9
+    print(f"GEMM rate here: {args.gemm_gmacs_per_s:.1f} GMAC/s at {args.threads} thread(s)")
     hf, tok, folder = load_peer_model(model)
     print(f"peer model: fresh AutoModelForCausalLM from {folder}")
     probe = valid_prompts(model, relations[0], args.max_prompts, args.seed)[0]

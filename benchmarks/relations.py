@@ -33,13 +33,12 @@ import warnings
 
 import numpy as np
 import torch
-from _flops import gemm_rate, suffix_macs
+from _flops import gemm_rate, jacobian_gmacs
 
 from semhooks import load_model
 from semhooks.errors import FallbackWarning
 from semhooks.relations import load
 from semhooks.relations.jacobian import (
-    SubjectObjectMap,
     mean_jacobian,
     principal_angles,
     randomized_jacobian,
@@ -99,18 +98,10 @@ def timing(model, args) -> dict:
         print(f"  prompt {i + 1}/{n}: exact {t_b:.0f}s, naive {t_a:.0f}s so far", flush=True)
     out["exact_s"] = t_b
     W_b = total_b / n
-    preps = SubjectObjectMap(model, ls, lo).prepare(prompts)
-    d = model.cfg.d_model
-    k = min(args.rank + 10, d)
-    rate = gemm_rate(d, model.cfg.d_mlp)
-    out["gemm_gmacs_per_s"] = rate / 1e9
-    out["exact_gmacs"] = suffix_macs(model.cfg, preps, ls, lo, d) / 1e9
-    # randomized: a JVP (double backward: ~2 passes) per k+1 tangents, then k VJPs
-    out["randomized_gmacs"] = (
-        suffix_macs(model.cfg, preps, ls, lo, 2 * (k + 1))
-        + suffix_macs(model.cfg, preps, ls, lo, k)
-    ) / 1e9
-    out["prefix_cache"] = all(p.cache is not None for p in preps)
+    out["gemm_gmacs_per_s"] = gemm_rate(model.cfg.d_model, model.cfg.d_mlp) / 1e9
+    out["exact_gmacs"], out["randomized_gmacs"], out["prefix_cache"] = jacobian_gmacs(
+        model, prompts, ls, lo, args.rank
+    )
 
     t0 = time.perf_counter()
     low = randomized_jacobian(
