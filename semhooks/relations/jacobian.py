@@ -533,19 +533,16 @@ def randomized_jacobian(
     o_all: list[Tensor] = []
     js_all: list[Tensor] = []
 
-    graphs: dict[int, tuple[Tensor, Tensor, Tensor]] = {}  # kept until the last pass
-
-    def graph(i: int, last: bool) -> tuple[Tensor, Tensor, Tensor]:
-        g = graphs.pop(i) if i in graphs else fmap.graph(preps[i])
-        if not last:
-            graphs[i] = g
-        return g
+    graphs: list[tuple[Tensor, Tensor, Tensor]] = []  # built by the first pass, kept
 
     def jvp_pass(V: Tensor, first: bool) -> Tensor:
-        """``mean_i J_i V`` ``[d, k]``; the first pass also records ``s_i, o_i, J_i s_i``."""
+        """``mean_i J_i V`` ``[d, k]``; the first pass builds the graphs and records
+        ``s_i, o_i, J_i s_i``."""
         acc = torch.zeros(d, V.shape[1], dtype=torch.float64)
         for i in _iter(range(n), progress, "JVPs"):
-            leaf, s0, o = graph(i, last=False)
+            if first:
+                graphs.append(fmap.graph(preps[i]))
+            leaf, s0, o = graphs[i]
             tangents = V.T.to(torch.float32)
             if first:
                 tangents = torch.cat([tangents, s0.to(torch.float32)[None]])
@@ -561,9 +558,11 @@ def randomized_jacobian(
         """``mean_i J_i^T Q`` ``[d, k]``; the last pass frees the graphs."""
         acc = torch.zeros(d, Q.shape[1], dtype=torch.float64)
         for i in _iter(range(n), progress, "VJPs"):
-            leaf, _, o = graph(i, last)
+            leaf, _, o = graphs[i]
             rows = _vjp(o, leaf, Q.T.to(torch.float32).to(leaf.device), retain=not last)
             acc += rows.detach().cpu().T.double()
+        if last:
+            graphs.clear()
         return acc / n
 
     Y = jvp_pass(omega, first=True)
