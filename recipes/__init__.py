@@ -23,18 +23,16 @@ Write your own in ~20 lines (see README, "Custom recipes")::
                             for l in states.layers}}
 
 The report (``report.md``) defines every metric a recipe registered with ``ctx.define`` and
-names the ones it did not; an accuracy added with ``recipes.core.add_proportion(summary, key,
-value, n)`` is shown with its n and 95% Wilson interval; every warning raised during the run
+names the ones it did not; an accuracy added with ``recipes.report.add_proportion(summary,
+key, value, n)`` is shown with its n and 95% Wilson interval; every warning raised during the run
 is listed, and the measured run time is stated.
 """
 
+from recipes.config import ConfigError, RecipeConfig, build_config
 from recipes.core import (
     REGISTRY,
-    ConfigError,
     Recipe,
-    RecipeConfig,
     RunContext,
-    build_config,
     get_recipe,
     load_plugins,
     register,

@@ -31,7 +31,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from recipes.core import ConfigError, build_config, get_recipe, run_recipe
+    from recipes.config import ConfigError, build_config
+    from recipes.core import get_recipe, run_recipe
 
     try:
         recipe = get_recipe(args.name)

@@ -6,7 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from recipes.core import ConfigError, RecipeConfig, RunContext, register
+from recipes.config import ConfigError, RecipeConfig
+from recipes.core import RunContext, register
 
 POSITIVE = [
     "I loved this movie; it was wonderful.",

@@ -7,7 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from recipes.core import ConfigError, RecipeConfig, RunContext, register
+from recipes.config import ConfigError, RecipeConfig
+from recipes.core import RunContext, register
 
 
 @dataclass

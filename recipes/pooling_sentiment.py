@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from recipes.core import ConfigError, RecipeConfig, RunContext, add_proportion, register
+from recipes.config import ConfigError, RecipeConfig
+from recipes.core import RunContext, register
+from recipes.report import add_proportion
 
 
 @dataclass

@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from recipes.core import RecipeConfig, RunContext, register
+from recipes.config import RecipeConfig
+from recipes.core import RunContext, register
 
 
 @dataclass

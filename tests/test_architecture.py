@@ -31,6 +31,8 @@ def _module_name(path: Path) -> str:
 
 
 MODULES = {_module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+# The top-level recipes package (beside semhooks) is held to the same shape.
+RECIPE_MODULES = {_module_name(p): p for p in sorted((PACKAGE.parent / "recipes").glob("*.py"))}
 
 
 def _is_type_checking(node: ast.If) -> bool:
@@ -237,13 +239,32 @@ def test_the_wing_check_sees_a_planted_upward_import(tmp_path, monkeypatch, low,
     assert _wing_violations(low, WING_ORDER[low]) == [f"{low}.planted:2 imports {found}"]
 
 
-@pytest.mark.parametrize("name", sorted(MODULES))
+@pytest.mark.parametrize("name", sorted({**MODULES, **RECIPE_MODULES}))
 def test_module_size(name):
-    lines = MODULES[name].read_text(encoding="utf-8").count("\n")
+    lines = {**MODULES, **RECIPE_MODULES}[name].read_text(encoding="utf-8").count("\n")
     limit = KNOWN_LARGE.get(name, MAX_LINES)
     assert lines <= limit, f"{name} has {lines} lines (at most {limit}): split it by idea"
     if name in KNOWN_LARGE and lines <= MAX_LINES:
         pytest.fail(f"{name} is now {lines} lines: delete it from KNOWN_LARGE")
+
+
+def test_recipes_have_no_import_cycle_and_no_private_import():
+    graph: dict[str, set[str]] = {name: set() for name in RECIPE_MODULES}
+    bad = []
+    for name, path in RECIPE_MODULES.items():
+        for top in ("recipes", "semhooks"):
+            for target, names, line in _imports(path, top=top):
+                if target in RECIPE_MODULES and target != name:
+                    graph[name].add(target)
+                bad += [
+                    f"{name}:{line} imports {n} from {target}"
+                    for n in names
+                    if n.startswith("_") and not n.startswith("__")
+                ]
+    assert not bad, "\n".join(bad)
+    pruned = {v: {w for w in ws if not _is_parent_package(v, w)} for v, ws in graph.items()}
+    assert graph["recipes.core"], "the recipes graph is empty: the import walk is broken"
+    assert not _cycles(pruned), _cycles(pruned)
 
 
 def test_the_architecture_test_sees_a_planted_cycle():

@@ -290,7 +290,7 @@ def test_run_recipe_checks_values_before_loading_the_model(tmp_path, no_model_lo
     with pytest.raises(ConfigError, match="max_new_tokens: must be >= 1"):
         run_recipe("concept-steering", config, tmp_path / "o")
     config = get_recipe("pooling-sentiment").config_cls(model="tiny-gpt2", transfer=[])
-    from recipes.core import validate_config
+    from recipes.config import validate_config
 
     validate_config(config)  # an empty list where "none" is meaningful is allowed
 

@@ -254,7 +254,8 @@ def test_relation_concepts_fails_clearly_when_no_relation_survives(tmp_path):
 
 # ---------------------------------------------------------------------- reports a researcher trusts
 def _register(monkeypatch, name, fn):
-    from recipes.core import REGISTRY, Recipe, RecipeConfig, load_plugins
+    from recipes.config import RecipeConfig
+    from recipes.core import REGISTRY, Recipe, load_plugins
 
     load_plugins()
     monkeypatch.setitem(REGISTRY, name, Recipe(name, f"A test recipe ({name}).", RecipeConfig, fn))
@@ -263,7 +264,7 @@ def _register(monkeypatch, name, fn):
 def test_warnings_raised_during_a_run_are_in_the_report_and_reach_the_caller(tmp_path, monkeypatch):
     import warnings
 
-    from recipes.core import RecipeConfig
+    from recipes.config import RecipeConfig
     from semhooks.errors import NumericalWarning
 
     def noisy(config, ctx):
@@ -296,7 +297,7 @@ def test_warnings_raised_during_a_run_are_in_the_report_and_reach_the_caller(tmp
 def test_a_failing_run_raises_its_own_error_not_a_recorded_warning(tmp_path, monkeypatch):
     import warnings
 
-    from recipes.core import RecipeConfig
+    from recipes.config import RecipeConfig
     from semhooks.errors import NumericalWarning
 
     def broken(config, ctx):
@@ -311,7 +312,7 @@ def test_a_failing_run_raises_its_own_error_not_a_recorded_warning(tmp_path, mon
 
 
 def test_undefined_metrics_are_named_in_the_report(tmp_path, monkeypatch):
-    from recipes.core import RecipeConfig
+    from recipes.config import RecipeConfig
 
     _register(monkeypatch, "terse", lambda config, ctx: {"summary": {"mystery_score": 0.5}})
     run_recipe("terse", RecipeConfig(progress=False), tmp_path / "t")

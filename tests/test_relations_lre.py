@@ -201,9 +201,7 @@ def test_exact_jacobian_equals_full_forward_reference(fixture, aggregation, requ
     torch.testing.assert_close(J_full, J_ref, atol=1e-5, rtol=1e-4)
 
 
-def test_exact_path_runs_balanced_chunks_of_cotangents_with_the_same_result(
-    tiny_gpt2, monkeypatch
-):
+def test_exact_path_runs_balanced_chunks_of_cotangents_with_the_same_result(tiny_gpt2, monkeypatch):
     """By default the d cotangents go in balanced chunks of at most CHUNK (one chunk of all
     d measured 20-25% slower on SmolLM2); chunking changes no number."""
     import semhooks.relations.jacobian as jac
