@@ -89,6 +89,31 @@ def test_shard_folder_refuses_another_seed_of_the_same_model(tiny_llama, tmp_pat
         _sharded(other_seed, tmp_path / "s")
 
 
+def test_a_large_tensor_is_fingerprinted_by_sample_and_sums_with_no_full_float64_copy():
+    """Above 2**20 elements a tensor contributes a strided sample plus its float64 sum and sum
+    of squares, summed chunk by chunk (no float64 copy of the whole tensor: 226 MB for
+    SmolLM2's embedding, twice that squared): an edit off the sample still changes the
+    fingerprint, and so does a sign flip that leaves the sum of squares alone."""
+    from torch.profiler import ProfilerActivity, profile
+
+    big = torch.nn.Linear(1, 3 * (1 << 20) + 5, bias=False)  # 3M weights: stride 48
+    with torch.no_grad():
+        big.weight.copy_(torch.randn(big.weight.shape, generator=torch.Generator().manual_seed(0)))
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        before = weights_sha256(big)
+    largest = max(e.cpu_memory_usage for e in prof.events())
+    assert 0 < largest <= 8 * (1 << 20), largest  # one float64 chunk; the whole tensor: 24 MB
+    assert weights_sha256(big) == before  # deterministic
+    with torch.no_grad():
+        big.weight[1] += 1e-3  # not on the sampled stride
+    edited = weights_sha256(big)
+    assert edited != before
+    with torch.no_grad():
+        big.weight[1] -= 1e-3
+        big.weight[2_000_001] *= -1  # off the stride; only the sum sees it
+    assert weights_sha256(big) not in (before, edited)
+
+
 def test_corpus_hash_is_unambiguous(tiny_llama, tmp_path):
     """The old key joined texts with NUL: these two corpora had the same hash."""
     a, b = ["Bat\x00Fox", "Owl"], ["Bat", "Fox\x00Owl"]

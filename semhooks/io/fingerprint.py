@@ -70,14 +70,22 @@ def corpus_sha256(texts: Sequence[str]) -> str:
     return content_sha256(list(texts))
 
 
+def _sums(flat: Tensor) -> Tensor:
+    """``[sum, sum of squares]`` of a flat tensor in float64, ``_FULL`` elements at a time: a
+    whole-tensor float64 copy of a 49k x 576 embedding is 226 MB (squared, twice that), of a
+    7B model's embedding 1 GB."""
+    total = torch.zeros(2, dtype=torch.float64, device=flat.device)
+    for chunk in flat.split(_FULL):
+        c = chunk.double()
+        total += torch.stack([c.sum(), c.square().sum()])
+    return total
+
+
 def _tensor_bytes(t: Tensor) -> bytes:
     flat = t.detach().reshape(-1)
     if flat.numel() > _FULL:
         step = flat.numel() // _SAMPLE
-        stats = torch.stack(
-            [torch.sum(flat, dtype=torch.float64), torch.sum(flat.double().square())]
-        )
-        flat = torch.cat([flat[::step][:_SAMPLE].double(), stats])
+        flat = torch.cat([flat[::step][:_SAMPLE].double(), _sums(flat)])
     flat = flat.to("cpu").contiguous()
     if flat.dtype == torch.bool:
         flat = flat.to(torch.uint8)
