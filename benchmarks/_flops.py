@@ -22,13 +22,15 @@ def block_macs(cfg, ctx: int) -> float:
     return 2 * d * h * dh + 2 * d * h_kv * dh + gated * d * d_mlp + 2 * h * dh * ctx
 
 
-def suffix_macs(cfg, preps, subject_layer: int, object_layer: int, directions: float) -> float:
+def suffix_macs(
+    cfg, preps, subject_layer: int, object_layer: int, directions: float, cached: bool
+) -> float:
     """MACs of one differentiable suffix forward per prompt (blocks ``0..l_o`` on the suffix
-    tokens, on top of the cached prefix) plus ``directions`` products, each one pass through
-    blocks ``l_s+1..l_o`` of the suffix."""
+    tokens, on top of the cached prefix; the whole prompt when not ``cached``) plus
+    ``directions`` products, each one pass through blocks ``l_s+1..l_o`` of it."""
     total = 0.0
     for p in preps:
-        start = p.subject_pos if p.cache is not None else 0
+        start = p.subject_pos if cached else 0
         n_tok = p.input_ids.shape[1] - start
         per_layer = sum(block_macs(cfg, start + i + 1) for i in range(n_tok))
         total += per_layer * (object_layer + 1)  # the forward
@@ -36,20 +38,23 @@ def suffix_macs(cfg, preps, subject_layer: int, object_layer: int, directions: f
     return total
 
 
-def jacobian_gmacs(model, prompts, subject_layer: int, object_layer: int, rank: int):
-    """``(exact, randomized)`` GMACs of the LRE Jacobian passes over ``prompts``: exact is one
-    suffix forward and ``d`` VJPs per prompt; randomized (``k = rank + 10``) is ``k + 1`` JVPs,
-    each a double backward (about two passes), then ``k`` VJPs."""
+def jacobian_gmacs(
+    model, prompts, subject_layer: int, object_layer: int, rank: int, cached: bool
+) -> tuple[float, float]:
+    """``(exact, randomized)`` GMACs of the LRE Jacobian passes over ``prompts`` (``cached``:
+    whether the fits ran on the KV prefix cache): exact is one suffix forward and ``d`` VJPs
+    per prompt; randomized (``k = rank + 10``) is ``k + 1`` JVPs, each a double backward
+    (about two passes), then ``k`` VJPs. Only tokenises (no prefix forwards)."""
     from semhooks.relations.jacobian import SubjectObjectMap
 
-    preps = SubjectObjectMap(model, subject_layer, object_layer).prepare(prompts)
-    cfg, d = model.cfg, model.cfg.d_model
+    fmap = SubjectObjectMap(model, subject_layer, object_layer, prefix_cache=False)
+    preps, cfg, d = fmap.prepare(prompts), model.cfg, model.cfg.d_model
     k = min(rank + 10, d)
-    exact = suffix_macs(cfg, preps, subject_layer, object_layer, d)
-    randomized = suffix_macs(cfg, preps, subject_layer, object_layer, 2 * (k + 1)) + suffix_macs(
-        cfg, preps, subject_layer, object_layer, k
-    )
-    return exact / 1e9, randomized / 1e9, all(p.cache is not None for p in preps)
+
+    def macs(directions: float) -> float:
+        return suffix_macs(cfg, preps, subject_layer, object_layer, directions, cached)
+
+    return macs(d) / 1e9, (macs(2 * (k + 1)) + macs(k)) / 1e9
 
 
 def gemm_rate(d: int, d_mlp: int, rows: int = 4096, repeats: int = 5) -> float:

@@ -308,9 +308,14 @@ def run_relation(model: Any, hf: Any, tok: Any, trainer: Trainer, rel: str, args
     row["loadavg_end"] = os.getloadavg()[0]
     row["exact_speedup"] = row["peer_s"] / row["exact_s"]
     row["randomized_speedup"] = row["peer_s"] / row["randomized_s"]
-    # the arithmetic floor of the same passes at this thread count (counted after the timings)
-    row["exact_gmacs"], row["randomized_gmacs"], _ = jacobian_gmacs(
-        model, lre_prompts, args.subject_layer, args.object_layer, args.rank
+    # the arithmetic floor of the same passes at this thread count (tokenising only)
+    row["exact_gmacs"], row["randomized_gmacs"] = jacobian_gmacs(
+        model,
+        lre_prompts,
+        args.subject_layer,
+        args.object_layer,
+        args.rank,
+        cached=bool(adapt(model).prefix_cache_verified),
     )
     row["floor_exact_s"] = row["exact_gmacs"] / args.gemm_gmacs_per_s
     row["floor_randomized_s"] = row["randomized_gmacs"] / args.gemm_gmacs_per_s
@@ -423,6 +428,10 @@ def main() -> None:
     )
     ap.add_argument("--json", default=None, help="write the results here")
     args = ap.parse_args()
+    if args.sketch_seeds < 1:
+        ap.error(
+            f"--sketch-seeds must be >= 1 (randomized fits to average), got {args.sketch_seeds}"
+        )
     relations = args.relations or (QUICK_RELATIONS if args.quick else DEFAULT_ACCURACY_RELATIONS)
     if args.subject_layer < 0 or args.object_layer < 0:
         ap.error("give layers as non-negative indices (both libraries then count alike)")
