@@ -106,10 +106,9 @@ from semhooks.relations.jacobian import mean_jacobian  # noqa: E402
 from semhooks.relations.lrc import LRC  # noqa: E402
 from semhooks.relations.prompts import (  # noqa: E402
     RelationPrompt,
-    balanced_subset,
     encode_prompts,
-    split,
 )
+from semhooks.relations.splits import balanced_subset, split  # noqa: E402
 
 QUICK_RELATIONS = DEFAULT_ACCURACY_RELATIONS[:2]
 PEER_LAYERS = "model.layers.{num}"

@@ -45,7 +45,8 @@ from semhooks.relations.jacobian import (
     reference_jacobian,
 )
 from semhooks.relations.lrc import LRC
-from semhooks.relations.prompts import balanced_subset, build_prompts, split, validate
+from semhooks.relations.prompts import build_prompts, validate
+from semhooks.relations.splits import balanced_subset, split
 
 DEFAULT_ACCURACY_RELATIONS = [
     "landmark_on_continent",

@@ -21,7 +21,8 @@ from relations import DEFAULT_ACCURACY_RELATIONS, valid_prompts
 
 from semhooks import load_model
 from semhooks.relations.lrc import LRC
-from semhooks.relations.prompts import prompt_states, split
+from semhooks.relations.prompts import prompt_states
+from semhooks.relations.splits import split
 
 SETTINGS = [(10, 0), (25, 0), (50, 0), (100, 0), (10, 1), (25, 1), (10, 2)]
 

@@ -171,8 +171,9 @@ class RunContext:
     def cache_key(self, name: str) -> dict[str, Any]:
         """Everything that decides artifact ``name``: the recipe (its config class), the
         whole config (but ``progress``), the model's fingerprint (name, weights, tokenizer)
-        and the semhooks version. A cached artifact is reused only under the same key."""
-        from semhooks.io.artifacts import semhooks_version
+        and the semhooks version and source code (semhooks' and the recipes'). A cached artifact
+        is reused only under the same key."""
+        from semhooks.io.artifacts import semhooks_version, source_sha256
         from semhooks.io.fingerprint import model_fingerprint
 
         if self._model_key is None:
@@ -185,6 +186,8 @@ class RunContext:
             "config": config,
             "model": self._model_key,
             "semhooks_version": semhooks_version(),
+            "semhooks_source_sha256": source_sha256("semhooks"),
+            "recipes_source_sha256": source_sha256("recipes"),
         }
 
     def cached(

@@ -242,6 +242,47 @@ def test_recipe_cache_is_keyed_by_the_config(tmp_path):
     assert moved["metrics"] == _recipe("concept-steering", tmp_path / "fresh", layer=2)["metrics"]
 
 
+def test_recipe_cache_is_keyed_by_the_source_code(tmp_path, monkeypatch):
+    """The version string stays 0.1.0 across code changes that move results (relations.split
+    went from per-object shuffles to StratifiedShuffleSplit): other code recomputes."""
+    from semhooks.io import artifacts
+
+    shared = tmp_path / "run"
+    first = _recipe("concept-steering", shared)
+    assert _recipe("concept-steering", shared)["resumed_artifacts"] == ["contrast_states"]
+    real = artifacts.source_sha256
+    for package in ("semhooks", "recipes"):
+        monkeypatch.setattr(
+            artifacts, "source_sha256", lambda p, pk=package: "0" * 64 if p == pk else real(p)
+        )
+        edited = _recipe("concept-steering", shared)
+        assert edited["resumed_artifacts"] == [], package
+        assert edited["metrics"] == first["metrics"]
+        monkeypatch.setattr(artifacts, "source_sha256", real)
+        _recipe("concept-steering", shared)  # back to the real key
+
+
+def test_source_sha256_sees_every_edit_of_a_package(tmp_path, monkeypatch):
+    from semhooks.io.artifacts import source_sha256
+
+    pkg = tmp_path / "pkg_for_digest"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("X = 1\n")
+    (pkg / "sub" / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    base = source_sha256("pkg_for_digest")
+    assert source_sha256("pkg_for_digest") == base
+    (pkg / "sub" / "mod.py").write_text("Y = 2\n")  # a new file in a subpackage
+    added = source_sha256("pkg_for_digest")
+    (pkg / "sub" / "mod.py").write_text("Y = 3\n")  # an edit
+    edited = source_sha256("pkg_for_digest")
+    (pkg / "sub" / "mod.py").rename(pkg / "mod.py")  # a move, same bytes
+    moved = source_sha256("pkg_for_digest")
+    assert len({base, added, edited, moved}) == 4
+    with pytest.raises(ValueError, match="not an importable package"):
+        source_sha256("no_such_package_for_digest")
+
+
 def test_emergence_cache_is_keyed_by_the_estimator(tmp_path, monkeypatch):
     """Before: estimator=mine after gaussian reported the Gaussian numbers captioned 'mine'."""
     from semhooks.estimators.mi import MINE

@@ -223,10 +223,11 @@ def shard_config(plan: ExtractionPlan, shard_size: int) -> dict[str, Any]:
 
     Every entry that decides the states is here as content: the model's weights and
     tokenizer (``model_sha256``), the texts, the token selection as applied to them, the
-    pooling weights, layers, site, pooling, truncation and the semhooks version. (Batch size,
+    pooling weights, layers, site, pooling, truncation and the semhooks version and source
+    code (:func:`~semhooks.io.artifacts.source_sha256`). (Batch size,
     padding side and batch order do not change the states.)
     """
-    from semhooks.io.artifacts import semhooks_version
+    from semhooks.io.artifacts import semhooks_version, source_sha256
 
     adapter, texts, layer_list = plan.adapter, list(plan.texts), list(plan.layers)
     weights = None
@@ -250,6 +251,7 @@ def shard_config(plan: ExtractionPlan, shard_size: int) -> dict[str, Any]:
         "n_items": len(texts),
         "shard_size": shard_size,
         "semhooks_version": semhooks_version(),
+        "semhooks_source_sha256": source_sha256("semhooks"),
     }
 
 

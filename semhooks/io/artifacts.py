@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import hashlib
+import importlib.util
 import json
 import os
 import socket
@@ -44,6 +45,26 @@ class ArtifactError(ValueError):
 
 def semhooks_version() -> str:
     return __version__
+
+
+def source_sha256(package: str = "semhooks") -> str:
+    """sha256 of an importable package's Python source: every ``.py`` file under it, by
+    relative path and bytes.
+
+    Part of every resume and cache key (recipe artifacts, shard folders): the version string
+    stays the same across code changes that move results (how relation prompts are split,
+    say), so a folder made by other code is recomputed, not reused. Read afresh on every
+    call (a few milliseconds), so an edited, reloaded module is seen.
+    """
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError(f"{package!r} is not an importable package")
+    digest = hashlib.sha256()
+    for root in map(Path, spec.submodule_search_locations):
+        for path in sorted(root.rglob("*.py")):
+            digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+            digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()
 
 
 def now_iso() -> str:

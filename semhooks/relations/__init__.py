@@ -19,7 +19,7 @@ __all__ = [
     "load",
 ]
 
-# Prompts, validation, Jacobians, LREs and LRCs (issue 4).
+# Prompts, validation, splits, Jacobians, LREs and LRCs.
 from semhooks.relations.jacobian import (  # noqa: E402
     JacobianResult,
     LowRankJacobian,
@@ -36,13 +36,12 @@ from semhooks.relations.prompts import (  # noqa: E402
     PromptStates,
     RelationPrompt,
     ValidationReport,
-    balanced_subset,
     build_prompts,
     encode_prompts,
     prompt_states,
-    split,
     validate,
 )
+from semhooks.relations.splits import balanced_subset, split  # noqa: E402
 
 __all__ += [
     "EncodedPrompts",

@@ -30,7 +30,8 @@ from semhooks.backend.adapter import adapt
 from semhooks.io.artifacts import load_artifact, save_artifact
 from semhooks.relations.checks import check_prompts
 from semhooks.relations.lre import LRE, NotFittedError
-from semhooks.relations.prompts import RelationPrompt, balanced_subset, prompt_states
+from semhooks.relations.prompts import RelationPrompt, prompt_states
+from semhooks.relations.splits import balanced_subset
 
 __all__ = ["LRC", "Concept"]
 

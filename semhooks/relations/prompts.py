@@ -12,19 +12,18 @@ other subjects of the relation (Hernandez et al. 2023). The answer is ``" " + ob
 the answer's tokens. It checks this in one teacher-forced forward pass per batch (the argmax
 at every object position equals the next answer token, which is exactly the condition for
 greedy decoding to emit those tokens) and caches the verdicts per model under
-``semhooks.cache_dir()/validation/``. :func:`split` splits per object, seeded, so that every
-object keeps at least one training prompt.
+``semhooks.cache_dir()/validation/``. Splits (train/test, LRE subsets) are in
+:mod:`semhooks.relations.splits`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import random
 import re
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -40,6 +39,7 @@ from semhooks.extraction.reader import read
 from semhooks.extraction.spans import SpanNotFoundError, char_span, char_span_to_positions
 from semhooks.io.artifacts import atomic_write_json
 from semhooks.relations.data import Relation, RelationSample, load
+from semhooks.relations.splits import balanced_subset, split  # re-exported: the 0.1 path
 
 __all__ = [
     "EncodedPrompts",
@@ -428,76 +428,6 @@ def validate(
                 "model knows (see ValidationReport.by_relation with on_empty='return')"
             )
     return report
-
-
-# ---------------------------------------------------------------------- splits
-def _group_by_object(prompts: Iterable[RelationPrompt]) -> dict[tuple[str, str], list[int]]:
-    groups: dict[tuple[str, str], list[int]] = OrderedDict()
-    for i, p in enumerate(prompts):
-        groups.setdefault((p.relation, p.object), []).append(i)
-    return groups
-
-
-def split(
-    prompts: Sequence[RelationPrompt],
-    train_fraction: float = 0.5,
-    *,
-    seed: int = 0,
-) -> tuple[list[RelationPrompt], list[RelationPrompt]]:
-    """Split per object (seeded): ``round(train_fraction * n)`` of each object's prompts train.
-
-    Every object keeps at least one training prompt; an object with a single prompt goes to
-    training only (it can be classified, not tested). Halves round up (3 prompts: 2 train,
-    1 test). Order within each part follows the input order.
-
-    Not scikit-learn's ``StratifiedShuffleSplit``: that shares the training size out in
-    proportion to the objects' counts, so it neither rounds each object's halves up nor
-    keeps a training prompt for every object (it refuses singleton objects), and it would
-    move every held-out figure the README quotes for the relations. This per-object rule is
-    the one those figures were measured with.
-
-    Returns:
-        ``(train, test)``.
-    """
-    if not 0.0 < train_fraction <= 1.0:
-        raise ValueError(f"train_fraction must be in (0, 1], got {train_fraction}")
-    prompts = list(prompts)
-    rng = random.Random(seed)
-    train_idx: set[int] = set()
-    for _, idx in _group_by_object(prompts).items():
-        shuffled = list(idx)
-        rng.shuffle(shuffled)
-        n_train = min(len(idx), max(1, math.floor(train_fraction * len(idx) + 0.5)))
-        train_idx.update(shuffled[:n_train])
-    train = [p for i, p in enumerate(prompts) if i in train_idx]
-    test = [p for i, p in enumerate(prompts) if i not in train_idx]
-    return train, test
-
-
-def balanced_subset(
-    prompts: Sequence[RelationPrompt], n: int = 20, *, seed: int = 0
-) -> list[RelationPrompt]:
-    """Up to ``n`` prompts balanced across objects: round robin over shuffled objects.
-
-    Chanin et al. fit each LRE on about 20 prompts spread over the relation's objects, so
-    that no object dominates the mean Jacobian. Equal counts per object (round robin), not
-    scikit-learn's proportional stratification, which would let a large object dominate.
-    """
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
-    rng = random.Random(seed)
-    groups = [list(idx) for idx in _group_by_object(prompts).values()]
-    for g in groups:
-        rng.shuffle(g)
-    rng.shuffle(groups)
-    chosen: list[int] = []
-    depth = 0
-    while len(chosen) < n and any(depth < len(g) for g in groups):
-        for g in groups:
-            if depth < len(g) and len(chosen) < n:
-                chosen.append(g[depth])
-        depth += 1
-    return [prompts[i] for i in sorted(chosen)]
 
 
 # ---------------------------------------------------------------------- states

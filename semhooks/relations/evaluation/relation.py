@@ -23,9 +23,9 @@ from semhooks.relations.prompts import (
     RelationPrompt,
     build_prompts,
     prompt_states,
-    split,
     validate,
 )
+from semhooks.relations.splits import split
 
 __all__ = ["RelationEvaluation", "evaluate_relation", "evaluate_relations", "relation_prompts"]
 

@@ -13,7 +13,8 @@ from semhooks.relations.evaluation.relation import relation_prompts
 from semhooks.relations.evaluation.swap import causal_swap
 from semhooks.relations.evaluation.tables import fmt_cell
 from semhooks.relations.lrc import LRC
-from semhooks.relations.prompts import split, validate
+from semhooks.relations.prompts import validate
+from semhooks.relations.splits import split
 
 __all__ = ["SweepResult", "sweep"]
 
