@@ -8,7 +8,6 @@ prompt's object state.
 from __future__ import annotations
 
 import math
-from collections import Counter
 
 import pytest
 import torch
@@ -35,7 +34,6 @@ from semhooks.relations.prompts import (
     prompt_states,
     validate,
 )
-from semhooks.relations.splits import balanced_subset, split
 from semhooks.testing import tiny_model
 
 CAPITALS = [
@@ -98,44 +96,6 @@ def test_subject_and_object_positions(tiny_gpt2):
     assert int(b.offsets[0, first, 1]) == len(p.text)
     no_answer = encode_prompts(tiny_gpt2, [p], with_answer=False)
     assert no_answer.object_positions[0] == [first]
-
-
-def test_split_per_object_keeps_a_training_prompt_for_every_object():
-    prompts = [
-        RelationPrompt(f"{s} is", s, o, "r")
-        for s, o in [(f"s{i}", "a") for i in range(5)]
-        + [(f"t{i}", "b") for i in range(2)]
-        + [("u0", "c")]
-    ]
-    train, test = split(prompts, seed=0)
-    assert Counter(p.object for p in train) == {"a": 3, "b": 1, "c": 1}
-    assert Counter(p.object for p in test) == {"a": 2, "b": 1}
-    assert split(prompts, seed=0) == (train, test)
-    assert split(prompts, seed=3) != (train, test)
-    assert set(train).isdisjoint(test) and len(train) + len(test) == len(prompts)
-    # stratified: each object's share of the training size is proportional to its count
-    many = [
-        RelationPrompt(f"{o}{i} is", f"{o}{i}", o, "r")
-        for o, n in [("x", 10), ("y", 6), ("z", 4)]
-        for i in range(n)
-    ]
-    train, test = split(many, seed=1)
-    assert Counter(p.object for p in train) == {"x": 5, "y": 3, "z": 2}
-    assert {p.subject for p in train} != {p.subject for p in split(many, seed=2)[0]}
-    # a low fraction that would leave an object unseen in training is refused, by name
-    skewed = [
-        RelationPrompt(f"{o}{i} is", f"{o}{i}", o, "r")
-        for o, n in [("rare", 2), ("big", 9)]
-        for i in range(n)
-    ]
-    with pytest.raises(ValueError, match="without a training prompt.*'rare'"):
-        split(skewed, 0.1, seed=0)
-    with pytest.raises(ValueError, match="train_fraction must be in"):
-        split(prompts, 0.0)
-    sub = balanced_subset(prompts, 4, seed=0)
-    assert Counter(p.object for p in sub) == {"a": 2, "b": 1, "c": 1} or Counter(
-        p.object for p in sub
-    ) == {"a": 1, "b": 2, "c": 1}
 
 
 def test_validate_matches_greedy_argmax_and_caches(tiny_llama, tmp_path, monkeypatch):
