@@ -54,7 +54,7 @@ def accuracy(est: Any, states: torch.Tensor, truth: list[str]) -> float:
 
 def run_cell(model: Any, rel: str, layer: int, args: argparse.Namespace) -> dict[str, Any]:
     _, prompts = relation_prompts(rel, 3, max_prompts=args.max_prompts, seed=args.seed)
-    kept = validate(model, prompts).kept
+    kept = validate(model, prompts, progress=False).kept
     train, test = split(kept, seed=args.seed)
     t0 = time.perf_counter()
     lrc = LRC(
