@@ -26,7 +26,7 @@ What is matched:
   (the tokenizer in that folder does not add it by itself), so both see identical ids.
 - Relations, prompts and split: those of ``benchmarks/relations.py`` (``valid_prompts``:
   three-shot prompts for at most ``--max-prompts`` subjects, kept when SmolLM2 answers them
-  greedily; ``split`` per object, seeded). The peer's own ``PromptValidator`` is not run
+  greedily; ``split`` stratified by object, seeded). The peer's own ``PromptValidator`` is not run
   (``validate_prompts=False``): both methods get the same validated prompts, and neither fit
   time includes validation.
 - LRE prompts: the ``--n-prompts`` (20) training prompts that ``LRC.fit`` picks with
