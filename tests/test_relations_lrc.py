@@ -376,12 +376,13 @@ def test_real_concept_swap_flips_a_clear_majority_and_control_does_not(real_resu
 def test_real_sweep_orders_layers_ranks_and_controls(smollm2, tmp_path):
     """A layer x rank sweep on substance_phase (3 objects, 12 test subjects) orders as the
     science says: layer-8 subject states carry the relation far better than layer 1 (swap
-    0.83 at both ranks against 0.42-0.50 on the 0.1 split, 0.08 / 0.67 on today's), and each
-    layer's best swap beats its random control (control <= 0.08); a rank-50 inverse
-    classifies at least as well as a rank-4 one (0.58 -> 0.67 at layer 8, 0.42 -> 0.58 at
-    layer 1 on the 0.1 split; 0.58 -> 0.58, 0.25 -> 0.50 today). One subject moves a cell by
-    8 points. Not asserted: the rank-4 layer-1 swap beating its control (0.42-0.50 on the
-    0.1 split, 0.08 = control today: a rank-4 inverse of layer-1 states is a weak direction)."""
+    0.83 at both ranks against 0.42-0.50 on the 0.1 split, 0.08 / 0.67 on the stratified
+    one), and each layer's best swap beats its random control (control <= 0.08); a rank-50
+    inverse classifies at least as well as a rank-4 one (0.58 -> 0.67 at layer 8, 0.42 ->
+    0.58 at layer 1 on the 0.1 split; 0.58 -> 0.58, 0.25 -> 0.50 stratified). One subject
+    moves a cell by 8 points. Not asserted: the rank-4 layer-1 swap beating its control
+    (0.42-0.50 on the 0.1 split, 0.08 = control on the stratified one: a rank-4 inverse of
+    layer-1 states is a weak direction)."""
     res = sweep(
         smollm2,
         "substance_phase",
@@ -404,7 +405,7 @@ def test_real_sweep_orders_layers_ranks_and_controls(smollm2, tmp_path):
     for rank in (4, 50):  # layer 8 at least as causal as layer 1 at every rank ...
         assert cell[8, rank]["causality"] >= cell[1, rank]["causality"], res.table()
     swap = {layer: np.mean([cell[layer, r]["causality"] for r in (4, 50)]) for layer in (1, 8)}
-    assert swap[8] >= swap[1] + 0.2, res.table()  # ... and far more over ranks (+0.46 today)
+    assert swap[8] >= swap[1] + 0.2, res.table()  # ... and far more over ranks (+0.46)
     assert cell[8, 50]["accuracy"] >= 1 / 3 + 0.2, res.table()  # 3 objects: chance 1/3
     ax = res.plot(metric="causality")
     ax.figure.savefig(tmp_path / "sweep.png")
