@@ -103,6 +103,11 @@ def test_layer_states_input_and_steer_accepts_estimator(tiny_llama, tmp_path):
     expected = states.layer(2)[:2].mean(0) - states.layer(2)[2:].mean(0)
     torch.testing.assert_close(md.direction_, expected)
     assert md.source_["layer"] == 2 and md.source_["site"] == "resid_post"
+    # recognised by type, not by class name: a user's subclass is LayerStates too
+    sub = type("MyStates", (type(states),), {})
+    mine = sub.__new__(sub)
+    mine.__dict__.update(states.__dict__)
+    torch.testing.assert_close(MeanDifference(layer=2).fit(mine, y).direction_, expected)
     steer = Steer(md, 1.0, layers=md.source_["layer"])
     torch.testing.assert_close(steer.direction, md.direction_)
 

@@ -33,8 +33,10 @@ from semhooks.io.artifacts import load_artifact, save_artifact
 
 def _as_matrix(X: Any, layer: int | None, who: str) -> tuple[np.ndarray, dict[str, Any]]:
     """``[n, d]`` float64 array from a tensor, an array or LayerStates at ``layer``."""
+    from semhooks.extraction.states import LayerStates
+
     info: dict[str, Any] = {}
-    if type(X).__name__ == "LayerStates":
+    if isinstance(X, LayerStates):
         if layer is None:
             raise ValueError(
                 f"{who} got LayerStates holding layers {X.layers}; say which one with "
