@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
+from relations_sketches import held_out_accuracy
 
 from semhooks import load_model
 from semhooks.relations.evaluation import causal_swap, fit_baselines, relation_prompts
@@ -48,14 +48,15 @@ def swap_layers(kind: str, layer: int) -> Any:
     raise SystemExit(f"--edits: unknown kind {kind!r} (all, upto, only)")
 
 
-def accuracy(est: Any, states: torch.Tensor, truth: list[str]) -> float:
-    return float(np.mean([a == b for a, b in zip(est.predict_states(states), truth, strict=True)]))
-
-
-def run_cell(model: Any, rel: str, layer: int, args: argparse.Namespace) -> dict[str, Any]:
+def relation_split(model: Any, rel: str, args: argparse.Namespace) -> tuple[list, list]:
+    """The validated prompts of ``rel``, split: once per relation, shared by its layers."""
     _, prompts = relation_prompts(rel, 3, max_prompts=args.max_prompts, seed=args.seed)
-    kept = validate(model, prompts, progress=False).kept
-    train, test = split(kept, seed=args.seed)
+    return split(validate(model, prompts, progress=False).kept, seed=args.seed)
+
+
+def run_cell(
+    model: Any, rel: str, layer: int, train: list, test: list, args: argparse.Namespace
+) -> dict[str, Any]:
     t0 = time.perf_counter()
     lrc = LRC(
         layer, args.object_layer, args.rank, method="randomized", seed=args.seed, progress=False
@@ -72,18 +73,21 @@ def run_cell(model: Any, rel: str, layer: int, args: argparse.Namespace) -> dict
     cell: dict[str, Any] = {
         "relation": rel,
         "layer": layer,
-        "n_valid": len(kept),
+        "n_valid": len(train) + len(test),
         "n_test": len(test),
-        "n_objects": len({p.object for p in kept}),
-        "lrc_accuracy": accuracy(lrc, h["test"], truth),
-        "md_accuracy": accuracy(md, h["test"], truth),
+        "n_objects": len({p.object for p in train}),
+        "lrc_accuracy": held_out_accuracy(lrc, h["test"], truth),
+        "md_accuracy": held_out_accuracy(md, h["test"], truth),
         "swaps": {},
     }
     first = None
     for edit in args.edits:
         kind, alpha = edit.split(":")
         where = swap_layers(kind, layer)
-        sw = causal_swap(lrc, model, test, alpha=float(alpha), layers=where, seed=args.seed)
+        # every edit shares the un-intervened forward of the first (same prompts and targets)
+        sw = causal_swap(
+            lrc, model, test, alpha=float(alpha), layers=where, seed=args.seed, baseline=first
+        )
         first = first or sw
         msw = causal_swap(
             md,
@@ -143,8 +147,9 @@ def main() -> None:
     model = load_model("smollm2-135m")
     cells = []
     for rel in args.relations:
+        train, test = relation_split(model, rel, args)
         for layer in args.layers:
-            cells.append(run_cell(model, rel, layer, args))
+            cells.append(run_cell(model, rel, layer, train, test, args))
             c = cells[-1]
             print(
                 f"{rel} layer {layer}: {c['n_valid']} valid, {c['n_test']} test, "

@@ -141,6 +141,7 @@ class RunContext:
     notes: list[str] = field(default_factory=list)
     resumed: list[str] = field(default_factory=list)
     _model_key: dict[str, Any] | None = field(default=None, repr=False)
+    _code_key: dict[str, str] | None = field(default=None, repr=False)
     definitions: list[Definition] = field(default_factory=list)
 
     @property
@@ -178,6 +179,12 @@ class RunContext:
 
         if self._model_key is None:
             self._model_key = model_fingerprint(self.model)
+        if self._code_key is None:  # once per run: the code does not change under it
+            self._code_key = {
+                "semhooks_version": semhooks_version(),
+                "semhooks_source_sha256": source_sha256("semhooks"),
+                "recipes_source_sha256": source_sha256("recipes"),
+            }
         cls = type(self.config)
         config = {k: v for k, v in config_dict(self.config).items() if k != "progress"}
         return {
@@ -185,9 +192,7 @@ class RunContext:
             "recipe_config": f"{cls.__module__}.{cls.__qualname__}",
             "config": config,
             "model": self._model_key,
-            "semhooks_version": semhooks_version(),
-            "semhooks_source_sha256": source_sha256("semhooks"),
-            "recipes_source_sha256": source_sha256("recipes"),
+            **self._code_key,
         }
 
     def cached(

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import random
-from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
@@ -22,7 +21,7 @@ if TYPE_CHECKING:
 
 
 def _group_by_object(prompts: Iterable[RelationPrompt]) -> dict[tuple[str, str], list[int]]:
-    groups: dict[tuple[str, str], list[int]] = OrderedDict()
+    groups: dict[tuple[str, str], list[int]] = {}
     for i, p in enumerate(prompts):
         groups.setdefault((p.relation, p.object), []).append(i)
     return groups
